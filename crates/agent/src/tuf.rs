@@ -1,0 +1,67 @@
+//! TUF verification with `tough`'s client: the organization's image repository is loaded from the
+//! root trusted at enrollment (rollback, freeze and key checks are `tough`'s, with its metadata
+//! kept in `STATE/tuf/` so versions never go back), and an artifact is accepted only when the signed
+//! targets list it under its name with the same length and SHA-256.
+
+use std::time::Duration;
+
+use upkeep_protocol as proto;
+
+use crate::error::AgentError;
+use crate::state::{Enrollment, StateDir};
+
+/// Refuses `artifact` unless the organization's signed TUF targets list it, byte for byte.
+pub async fn check_listed(
+    state: &StateDir,
+    enrollment: &Enrollment,
+    product: &str,
+    version: &str,
+    artifact: &proto::Artifact,
+) -> Result<(), AgentError> {
+    let root = enrollment.tuf_root.as_deref().ok_or_else(|| {
+        AgentError::Tuf("this agent was enrolled without the organization's TUF root; enroll it again".into())
+    })?;
+    let base = format!(
+        "{}/tuf/{}/",
+        enrollment.server.trim_end_matches('/'),
+        enrollment.organization
+    );
+    let url = |path: &str| {
+        url::Url::parse(&format!("{base}{path}")).map_err(|e| AgentError::Tuf(format!("repository URL: {e}")))
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let datastore = state.root().join("tuf");
+    std::fs::create_dir_all(&datastore).map_err(|e| AgentError::io("creating", &datastore, e))?;
+    let transport = tough::HttpTransportBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .tries(3)
+        .build();
+    let repository = tough::RepositoryLoader::new(&root.as_bytes(), url("metadata/")?, url("targets/")?)
+        .transport(transport)
+        .datastore(datastore)
+        .load()
+        .await
+        .map_err(|e| AgentError::Tuf(crate::client::error_chain(&e)))?;
+    let name = proto::tuf_target_name(
+        product,
+        version,
+        &artifact.platform,
+        &artifact.format,
+        &artifact.filename,
+    );
+    let target_name = tough::TargetName::new(name.clone()).map_err(|e| AgentError::Tuf(e.to_string()))?;
+    let listed = repository
+        .targets()
+        .signed
+        .targets
+        .get(&target_name)
+        .ok_or_else(|| AgentError::Tuf(format!("the signed targets do not list {name}; it was not approved")))?;
+    let sha256 = hex::encode(&*listed.hashes.sha256);
+    if listed.length != artifact.size || sha256 != artifact.sha256 {
+        return Err(AgentError::Tuf(format!(
+            "the signed targets list {name} with {} bytes and SHA-256 {sha256}, the offer says {} bytes and {}",
+            listed.length, artifact.size, artifact.sha256
+        )));
+    }
+    Ok(())
+}

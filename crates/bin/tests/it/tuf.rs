@@ -1,0 +1,266 @@
+//! The organization's TUF image repository, served by a running upkeep-server, checked by a stock
+//! TUF client (python-tuf's `ngclient.Updater`): an approved release can be downloaded and
+//! verified; one that is not approved is not listed.
+
+use upkeep_test_support::{Backend, demo_archive, run_sql};
+
+use crate::harness::{World, assert_failure, files_below};
+use crate::on_each_backend;
+
+const CLIENT: &str = r#"
+import sys, tempfile, urllib.request
+from tuf.ngclient import Updater
+base, name = sys.argv[1], sys.argv[2]
+# Trust on first use here; agents get the root when they enroll.
+root = urllib.request.urlopen(base + "/metadata/1.root.json").read()
+updater = Updater(metadata_dir=tempfile.mkdtemp(), metadata_base_url=base + "/metadata/",
+                  target_base_url=base + "/targets/", target_dir=tempfile.mkdtemp(), bootstrap=root)
+updater.refresh()
+info = updater.get_targetinfo(name)
+if info is None:
+    print("absent")
+    sys.exit(0)
+path = updater.download_target(info)
+print("verified", info.length, info.custom.get("version"))
+"#;
+
+fn python_tuf(world: &World, name: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", CLIENT, &format!("{}/tuf/default", world.server.url), name])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python-tuf failed (pip install tuf): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn a_stock_tuf_client_verifies_approved_releases(world: &World) {
+    world.upkeep_ok(&["product", "create", "demo"]);
+    world.publish("demo", "1.0.0", &demo_archive("1.0.0", 0));
+    world.publish("demo", "1.1.0", &demo_archive("1.1.0", 0));
+    world.upkeep_ok(&["release", "approve", "demo", "1.0.0"]);
+    let listed = python_tuf(world, "demo_1.0.0_linux-x86_64.tar.gz");
+    assert!(
+        listed.starts_with("verified ") && listed.ends_with(" 1.0.0"),
+        "{listed}"
+    );
+    assert_eq!(
+        python_tuf(world, "demo_1.1.0_linux-x86_64.tar.gz"),
+        "absent",
+        "pending releases are not signed"
+    );
+
+    // Disapproving takes it out of the signed targets; approving the next one adds it.
+    world.upkeep_ok(&["release", "disapprove", "demo", "1.0.0"]);
+    world.upkeep_ok(&["release", "approve", "demo", "1.1.0"]);
+    assert_eq!(python_tuf(world, "demo_1.0.0_linux-x86_64.tar.gz"), "absent");
+    assert!(python_tuf(world, "demo_1.1.0_linux-x86_64.tar.gz").starts_with("verified "));
+}
+
+#[test]
+fn a_stock_tuf_client_verifies_approved_releases_sqlite() {
+    a_stock_tuf_client_verifies_approved_releases(&World::start(Backend::Sqlite, &[]).expect("sqlite"));
+}
+
+#[test]
+fn a_stock_tuf_client_verifies_approved_releases_postgres() {
+    match World::start(Backend::Postgres, &[]) {
+        Some(world) => a_stock_tuf_client_verifies_approved_releases(&world),
+        None => eprintln!(
+            "PostgreSQL variant not run: set {}",
+            upkeep_test_support::DATABASE_URL_ENV
+        ),
+    }
+}
+
+fn an_approval_that_was_not_signed_installs_nothing(world: &World) {
+    let agent = world.demo_installed("ws");
+
+    // Someone with the database, but not the signing keys, approves 1.1.0 behind upkeep's back.
+    world.publish("demo", "1.1.0", &demo_archive("1.1.0", 0));
+    run_sql(
+        &world.server.database_url(),
+        "UPDATE approvals SET state = 'approved' WHERE release_id = (SELECT id FROM releases WHERE version = '1.1.0')",
+    );
+    world.upkeep_ok(&["rollout", "create", "demo", "1.1.0", "--all"]);
+    let refused = world.agent(&agent, &["update"]);
+    let stderr = assert_failure(&refused, "an update the TUF targets do not list");
+    assert!(
+        stderr.contains("TUF verification failed") && stderr.contains("demo_1.1.0_linux-x86_64.tar.gz"),
+        "{stderr}"
+    );
+    assert!(
+        files_below(&agent.join("downloads")).is_empty(),
+        "nothing was even downloaded"
+    );
+    assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.0");
+}
+on_each_backend!(an_approval_that_was_not_signed_installs_nothing);
+
+/// A repository that stops being re-signed (a frozen mirror, or a server held back) is refused
+/// once its timestamp expires, instead of serving stale approvals forever.
+#[test]
+fn a_frozen_repository_is_refused() {
+    // Timestamps live 3 seconds, and the ticker (which would re-sign them) waits an hour.
+    let world = World::start(
+        Backend::Sqlite,
+        &["--tuf-timestamp-lifetime", "3s", "--rollout-tick", "1h"],
+    )
+    .expect("sqlite");
+    world.upkeep_ok(&["product", "create", "demo"]);
+    world.publish("demo", "1.0.0", &demo_archive("1.0.0", 0));
+    world.upkeep_ok(&["release", "approve", "demo", "1.0.0"]);
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.0", "--all"]);
+    let agent = world.enroll_agent("ws", &world.server.url);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let refused = world.agent(&agent, &["update"]);
+    let stderr = assert_failure(&refused, "an update from an expired repository");
+    assert!(
+        stderr.contains("TUF verification failed") && stderr.to_lowercase().contains("expired"),
+        "{stderr}"
+    );
+    assert!(!agent.join("products/demo/current").exists());
+}
+
+/// Replaying older signed metadata (a mirror or a server rolled back) to an agent that has seen
+/// newer is refused: TUF versions never go back.
+fn replayed_metadata_is_refused(world: &World) {
+    let agent = world.demo_installed("ws");
+    let url = world.server.database_url();
+    run_sql(&url, "CREATE TABLE saved_tuf AS SELECT * FROM tuf_files");
+
+    world.publish("demo", "1.0.1", &demo_archive("1.0.1", 0));
+    world.upkeep_ok(&["release", "approve", "demo", "1.0.1"]);
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.1", "--all"]);
+    world.agent_ok(&agent, &["update"]);
+
+    // The old, validly signed files come back.
+    run_sql(&url, "DELETE FROM tuf_files WHERE filename NOT LIKE '%.root.json'");
+    run_sql(
+        &url,
+        "INSERT INTO tuf_files SELECT * FROM saved_tuf WHERE filename NOT LIKE '%.root.json'",
+    );
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.0", "--all", "--allow-downgrade"]);
+    let refused = world.agent(&agent, &["update"]);
+    let stderr = assert_failure(&refused, "an update from replayed metadata");
+    assert!(
+        stderr.contains("TUF verification failed") && stderr.contains("previously fetched version"),
+        "{stderr}"
+    );
+    assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.1");
+}
+on_each_backend!(replayed_metadata_is_refused);
+
+/// A root rotation done right (signed by the old and the new root key) is followed by agents; a
+/// "rotation" signed by a new key alone is refused.
+fn root_rotation_is_followed_and_a_forged_one_refused(world: &World) {
+    let agent = world.demo_installed("ws");
+    let rotated = world.upkeep_json(&["keys", "rotate-root", "--json"]);
+    assert_eq!(rotated["root_version"], 2);
+    world.publish("demo", "1.0.1", &demo_archive("1.0.1", 0));
+    world.upkeep_ok(&["release", "approve", "demo", "1.0.1"]);
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.1", "--all"]);
+    world.agent_ok(&agent, &["update"]);
+    assert_eq!(
+        world.agent_ok(&agent, &["launch", "demo"]).trim(),
+        "demo 1.0.1",
+        "the agent followed root 2"
+    );
+    assert!(
+        agent.join("tuf").read_dir().is_ok_and(|mut d| d.any(|e| e.is_ok())),
+        "tough kept its metadata"
+    );
+
+    // Someone who can write the server's files but holds no root key announces root 3.
+    let forged = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let keys = upkeep_server::tuf::RepoKeys::generate().expect("keys");
+            let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+            upkeep_server::tuf::root(&keys, std::num::NonZeroU64::new(3).expect("3"), later)
+                .await
+                .expect("root")
+        });
+    let body = String::from_utf8(forged).expect("utf-8").replace('\'', "''");
+    run_sql(
+        &world.server.database_url(),
+        &format!(
+            "INSERT INTO tuf_files (organization_id, filename, body, updated_at) VALUES (1, '3.root.json', '{body}', 0)"
+        ),
+    );
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.0", "--all", "--allow-downgrade"]);
+    let refused = world.agent(&agent, &["update"]);
+    let stderr = assert_failure(&refused, "an update under a forged root");
+    assert!(
+        stderr.contains("TUF verification failed") && stderr.contains("root"),
+        "{stderr}"
+    );
+    assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.1");
+}
+on_each_backend!(root_rotation_is_followed_and_a_forged_one_refused);
+
+/// Metadata signed by keys the trusted root does not list is refused, however well formed.
+fn metadata_signed_by_an_unknown_key_is_refused(world: &World) {
+    let agent = world.demo_installed("ws");
+    world.publish("demo", "1.0.1", &demo_archive("1.0.1", 0));
+    let listed = world.upkeep_json(&["release", "list", "demo", "--json"]);
+    let artifact = listed[1]["artifacts"][0].clone();
+    // An attacker signs a complete repository listing 1.0.1 — with keys of their own.
+    let files = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            use upkeep_server::tuf::{RepoKeys, RoleVersions, TargetEntry, root, sign_repository};
+            let keys = RepoKeys::generate().expect("keys");
+            let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+            let v = std::num::NonZeroU64::new(50).expect("50");
+            let root_json = root(&keys, std::num::NonZeroU64::MIN, later).await.expect("root");
+            let entry = TargetEntry {
+                name: "demo_1.0.1_linux-x86_64.tar.gz".into(),
+                sha256: artifact["sha256"].as_str().expect("sha").into(),
+                length: artifact["size"].as_u64().expect("size"),
+                custom: Default::default(),
+            };
+            let versions = RoleVersions {
+                targets: v,
+                snapshot: v,
+                timestamp: v,
+                targets_expires: later,
+                snapshot_expires: later,
+                timestamp_expires: later,
+            };
+            sign_repository(&root_json, &keys, &[entry], versions)
+                .await
+                .expect("sign")
+        });
+    let url = world.server.database_url();
+    run_sql(&url, "DELETE FROM tuf_files WHERE filename NOT LIKE '%.root.json'");
+    for (name, bytes) in files.iter().filter(|(n, _)| !n.ends_with(".root.json")) {
+        let body = String::from_utf8(bytes.clone()).expect("utf-8").replace('\'', "''");
+        run_sql(
+            &url,
+            &format!(
+                "INSERT INTO tuf_files (organization_id, filename, body, updated_at) VALUES (1, '{name}', '{body}', 0)"
+            ),
+        );
+    }
+    run_sql(
+        &url,
+        "UPDATE approvals SET state = 'approved' WHERE release_id = (SELECT id FROM releases WHERE version = '1.0.1')",
+    );
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.1", "--all"]);
+    let refused = world.agent(&agent, &["update"]);
+    let stderr = assert_failure(&refused, "an update under metadata signed by an unknown key");
+    assert!(
+        stderr.contains("TUF verification failed") && stderr.contains("threshold"),
+        "{stderr}"
+    );
+    assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.0");
+}
+on_each_backend!(metadata_signed_by_an_unknown_key_is_refused);

@@ -1,0 +1,703 @@
+//! Wire types shared by `upkeep-server`, the `upkeep` CLI and `upkeep-agent`.
+//!
+//! Everything that crosses HTTP is defined here once, so the three programs cannot drift apart.
+//! Times on the wire are RFC 3339 strings in UTC; sizes are bytes; digests are lowercase hex.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub mod codes;
+
+/// The body of every error response, admin and device API alike.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorResponse {
+    /// Stable machine-readable code, e.g. `invalid_version`.
+    pub code: String,
+    /// One line, for a person.
+    pub message: String,
+    /// The request field at fault, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What to do next, when it helps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin API
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub token: String,
+    pub user: String,
+    pub organization: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProductKind {
+    /// Runs on workstations.
+    #[default]
+    Client,
+    /// A server-side component.
+    Server,
+}
+
+impl ProductKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProductKind::Client => "client",
+            ProductKind::Server => "server",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client" => Some(ProductKind::Client),
+            "server" => Some(ProductKind::Server),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProductCreate {
+    pub name: String,
+    #[serde(default)]
+    pub kind: ProductKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Product {
+    pub name: String,
+    pub kind: ProductKind,
+    pub created_at: String,
+}
+
+/// The first part (`metadata`) of a release upload; the second part (`artifact`) is the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseUploadMetadata {
+    pub version: String,
+    pub platform: String,
+    #[serde(default)]
+    pub notes: Option<String>,
+    /// Path of the program to start, relative to the install folder.
+    #[serde(default)]
+    pub launch: Option<String>,
+    /// The release's install manifest (`upkeep.toml`), as text.
+    #[serde(default)]
+    pub manifest: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Disapproved,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Disapproved => "disapproved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(ApprovalState::Pending),
+            "approved" => Some(ApprovalState::Approved),
+            "disapproved" => Some(ApprovalState::Disapproved),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Artifact {
+    pub platform: String,
+    pub filename: String,
+    pub sha256: String,
+    pub size: u64,
+    /// `tar.gz` or `zip`.
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Release {
+    pub product: String,
+    pub version: String,
+    pub notes: String,
+    #[serde(default)]
+    pub launch: Option<String>,
+    pub recipe: String,
+    pub approval: ApprovalState,
+    #[serde(default)]
+    pub approval_reason: Option<String>,
+    pub artifacts: Vec<Artifact>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EnrollTokenCreate {
+    #[serde(default)]
+    pub group: Option<String>,
+    /// How many workstations may enroll with it; unlimited when absent.
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollTokenCreated {
+    pub token: String,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolloutTargets {
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub workstations: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutCreate {
+    pub product: String,
+    pub version: String,
+    pub targets: RolloutTargets,
+    /// The user cannot keep using the old version: it is installed before the next launch.
+    #[serde(default)]
+    pub mandatory: bool,
+    /// When it starts (RFC 3339); now when absent.
+    #[serde(default)]
+    pub starts_at: Option<String>,
+    /// When an optional update becomes required.
+    #[serde(default)]
+    pub deadline: Option<Deadline>,
+    #[serde(default)]
+    pub waves: Option<Waves>,
+    /// Offer the release also to workstations that have a newer version.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// Installs happen only inside it, in each workstation's local time, e.g. `Mon-Fri 22:00-06:00`.
+    #[serde(default)]
+    pub maintenance_window: Option<String>,
+    /// Install now: required at once, and the targeted agents' daemons are woken instead of
+    /// waiting for their next check-in. Takes no start, deadline or window.
+    #[serde(default)]
+    pub now: bool,
+}
+
+/// One explicit time model for deadlines.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Deadline {
+    /// An absolute instant, RFC 3339 with offset: `2026-12-01T18:00:00-03:00`.
+    At(String),
+    /// A wall-clock time read in each workstation's own time zone: `2026-12-01T18:00`.
+    Local(String),
+    /// A span counted from when each workstation was first offered the update: `7d`.
+    After(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Waves {
+    /// Cumulative shares of the targeted workstations, ending at 100: `[5, 25, 100]`.
+    pub percents: Vec<u32>,
+    /// How long each wave runs before the next opens: `30m`.
+    pub soak: String,
+    /// Above this share of failed installs (0–1) in the opened waves, the rollout pauses itself.
+    pub max_failure_ratio: f64,
+    /// Failures are judged only once this many workstations have finished.
+    #[serde(default = "default_min_sample")]
+    pub min_sample: u32,
+}
+
+pub fn default_min_sample() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: i64,
+    pub product: String,
+    pub version: String,
+    pub mandatory: bool,
+    /// `scheduled`, `active`, `paused`, `completed` or `cancelled`.
+    pub state: String,
+    /// Why it is paused or cancelled, when it says.
+    #[serde(default)]
+    pub state_reason: Option<String>,
+    pub targets: RolloutTargets,
+    #[serde(default)]
+    pub starts_at: String,
+    #[serde(default)]
+    pub deadline: Option<Deadline>,
+    #[serde(default)]
+    pub waves: Option<Waves>,
+    /// How many waves are open (all of them without waves).
+    #[serde(default)]
+    pub opened_waves: u32,
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    #[serde(default)]
+    pub maintenance_window: Option<String>,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+/// `POST /rollouts/{id}/pause|resume|cancel`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RolloutAction {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What `rollout create --dry-run` reports: the same decision over the current fleet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutPreview {
+    /// Workstations the rollout targets.
+    pub targeted: u64,
+    /// Of those, per outcome (every key present): `offered`, `required`, `blocked`, `up_to_date`,
+    /// `newer_installed`, `held_by_other_rollout`, `not_approved`. Per-wave counts are what the
+    /// shares give; the exact machines in each wave are drawn when the rollout is created.
+    pub outcomes: BTreeMap<String, u64>,
+    pub waves: Vec<WavePreview>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WavePreview {
+    /// 1-based.
+    pub wave: u32,
+    pub percent: u32,
+    pub workstations: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaveReport {
+    /// 1-based.
+    pub wave: u32,
+    pub percent: u32,
+    pub open: bool,
+    pub workstations: u64,
+    pub counts: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutWorkstation {
+    pub workstation_id: String,
+    pub hostname: String,
+    /// 1-based wave.
+    #[serde(default)]
+    pub wave: u32,
+    pub status: WorkstationStatus,
+    #[serde(default)]
+    pub from_version: Option<String>,
+    pub to_version: String,
+    #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    pub updated_at: String,
+}
+
+/// The "update process report".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutReport {
+    pub rollout: Rollout,
+    /// Workstation count per status; every status is present.
+    pub counts: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub waves: Vec<WaveReport>,
+    pub workstations: Vec<RolloutWorkstation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Workstation {
+    pub id: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+    pub groups: Vec<String>,
+    /// Installed version per product.
+    pub installed: BTreeMap<String, String>,
+    pub enrolled_at: String,
+    #[serde(default)]
+    pub last_checkin_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub actor: String,
+    #[serde(default)]
+    pub product: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub workstation_id: Option<String>,
+    #[serde(default)]
+    pub rollout_id: Option<i64>,
+    #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub details: Option<serde_json::Value>,
+}
+
+/// `upkeep notify group create`: who is told about a product's or a rollout's updates.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NotificationGroupCreate {
+    pub name: String,
+    #[serde(default)]
+    pub emails: Vec<String>,
+    /// URLs that receive a signed JSON POST per notice.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// Attach to every update of this product…
+    #[serde(default)]
+    pub product: Option<String>,
+    /// …or to one rollout.
+    #[serde(default)]
+    pub rollout_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotificationGroup {
+    pub name: String,
+    pub emails: Vec<String>,
+    pub webhooks: Vec<String>,
+    #[serde(default)]
+    pub product: Option<String>,
+    #[serde(default)]
+    pub rollout_id: Option<i64>,
+    pub created_at: String,
+    /// Only in the answer to the creation: the key webhook signatures are made with
+    /// (`X-Upkeep-Signature: sha256=HEX` over the body, HMAC-SHA256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+    #[serde(default)]
+    pub delivered: u64,
+    #[serde(default)]
+    pub pending: u64,
+    #[serde(default)]
+    pub given_up: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device API
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub workstation_id: String,
+    pub device_token: String,
+    /// The server's Ed25519 manifest-signing key, base64; the agent pins it.
+    pub signing_public_key: String,
+    pub organization: String,
+    /// The organization's current TUF `root.json`; the agent trusts it from here on and follows
+    /// only root rotations it signs.
+    #[serde(default)]
+    pub tuf_root: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstalledProduct {
+    pub product: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckinRequest {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+    #[serde(default)]
+    pub installed: Vec<InstalledProduct>,
+    /// The workstation's clock offset from UTC, for local deadlines and maintenance windows.
+    #[serde(default)]
+    pub utc_offset_minutes: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckinResponse {
+    pub server_time: String,
+    pub instructions: Vec<ProductInstruction>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Up to date, or nothing is rolled out.
+    None,
+    /// An update the user may install when they choose.
+    Offered,
+    /// An update that must be installed before the product is used again.
+    Required,
+    /// The installed version must not be used.
+    Blocked,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProductInstruction {
+    pub product: String,
+    #[serde(default)]
+    pub installed_version: Option<String>,
+    pub action: Action,
+    /// Set when `action` is `blocked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<Block>,
+    /// The update to install, when there is one (also possible alongside a block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateOffer>,
+    /// Why a rolled-out update is not offered yet (e.g. a required product is missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Block {
+    pub code: u32,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateOffer {
+    pub rollout_id: i64,
+    pub version: String,
+    pub mandatory: bool,
+    /// Why it is required (`mandatory`, `deadline_passed`, `installed_version_blocked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_reason: Option<String>,
+    /// When this optional update becomes required for this workstation (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// Set when the rollout has a maintenance window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_window: Option<InstallWindow>,
+    pub manifest: SignedManifest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstallWindow {
+    pub window: String,
+    /// Whether installs may happen now.
+    pub open: bool,
+    /// When it next opens (now when open), RFC 3339.
+    pub next_open: String,
+}
+
+/// A release manifest exactly as the server signed it: the agent verifies `signature` over the
+/// bytes of `payload` with the pinned key, and only then parses `payload` as a [`ReleaseManifest`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignedManifest {
+    pub payload: String,
+    /// Ed25519 signature over `payload`, base64.
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseManifest {
+    pub product: String,
+    pub version: String,
+    /// How the agent installs it: `archive` or `command`.
+    pub recipe: String,
+    #[serde(default)]
+    pub launch: Option<String>,
+    pub artifacts: Vec<Artifact>,
+    /// Products this release needs, with a semantic-version requirement each (`>=5.3.1`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requires: BTreeMap<String, String>,
+    /// How to tell whether someone is still using the product.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_probe: Option<SessionProbe>,
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+    /// Run after installing; a failure rolls the install back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<Hook>,
+    /// For the `command` recipe: the vendor's installer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installer: Option<Installer>,
+}
+
+/// A command run by the agent: program and arguments (no shell), with placeholders `{version}`,
+/// `{previous_version}`, `{install_dir}`, `{backup_dir}` and `{artifact}`, and a time limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hook {
+    pub command: Vec<String>,
+    /// `30s`, `5m`, `1h`.
+    pub timeout: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hooks {
+    /// Must leave a non-empty file in `{backup_dir}`; no backup, no install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Hook>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_install: Option<Hook>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_install: Option<Hook>,
+}
+
+impl Hooks {
+    pub fn is_empty(&self) -> bool {
+        self.backup.is_none() && self.pre_install.is_none() && self.post_install.is_none()
+    }
+}
+
+/// Who is still using the product: a command that prints one open session per line (nothing when
+/// none), or process names to look for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionProbe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Hook>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Installer {
+    pub command: Vec<String>,
+    pub timeout: String,
+    /// The folder the installer writes to; snapshotted before and restored on failure.
+    pub install_dir: String,
+    /// Exit code → `ok`, `reboot_required`, `retry_later` or `failed`; unlisted codes other than
+    /// 0 are `failed`.
+    #[serde(default)]
+    pub exit_codes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkstationStatus {
+    Pending,
+    Notified,
+    Downloading,
+    Downloaded,
+    Installing,
+    Installed,
+    Failed,
+    RolledBack,
+    Deferred,
+    Blocked,
+    WaitingForSessions,
+    BackupFailed,
+}
+
+impl WorkstationStatus {
+    pub const ALL: [WorkstationStatus; 12] = [
+        WorkstationStatus::Pending,
+        WorkstationStatus::Notified,
+        WorkstationStatus::Downloading,
+        WorkstationStatus::Downloaded,
+        WorkstationStatus::Installing,
+        WorkstationStatus::Installed,
+        WorkstationStatus::Failed,
+        WorkstationStatus::RolledBack,
+        WorkstationStatus::Deferred,
+        WorkstationStatus::Blocked,
+        WorkstationStatus::WaitingForSessions,
+        WorkstationStatus::BackupFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkstationStatus::Pending => "pending",
+            WorkstationStatus::Notified => "notified",
+            WorkstationStatus::Downloading => "downloading",
+            WorkstationStatus::Downloaded => "downloaded",
+            WorkstationStatus::Installing => "installing",
+            WorkstationStatus::Installed => "installed",
+            WorkstationStatus::Failed => "failed",
+            WorkstationStatus::RolledBack => "rolled_back",
+            WorkstationStatus::Deferred => "deferred",
+            WorkstationStatus::Blocked => "blocked",
+            WorkstationStatus::WaitingForSessions => "waiting_for_sessions",
+            WorkstationStatus::BackupFailed => "backup_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+}
+
+/// One step the agent reports; stored as an event and as the workstation's rollout status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceReport {
+    pub product: String,
+    pub version: String,
+    pub status: WorkstationStatus,
+    #[serde(default)]
+    pub rollout_id: Option<i64>,
+    #[serde(default)]
+    pub from_version: Option<String>,
+    #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub details: Option<serde_json::Value>,
+    /// When the agent saw it happen (RFC 3339); reports may be sent late from the agent's outbox.
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+/// Where the device API serves an artifact, by its SHA-256.
+pub fn artifact_path(sha256: &str) -> String {
+    format!("/api/v1/device/artifacts/{sha256}")
+}
+
+/// The flat TUF target name of an artifact: `<product>_<version>_<platform>.<ext>`, with the
+/// archive format as the extension (or the file's own, or `bin`). Flat, so every TUF client builds
+/// the same consistent-snapshot URL.
+pub fn tuf_target_name(product: &str, version: &str, platform: &str, format: &str, filename: &str) -> String {
+    let ext = match format {
+        "tar.gz" | "zip" => format,
+        _ => filename.rsplit_once('.').map_or("bin", |(_, e)| e),
+    };
+    format!("{product}_{version}_{platform}.{ext}")
+}

@@ -1,0 +1,122 @@
+//! Artifact blobs behind `object_store`, addressed by SHA-256 (`sha256/ab/abcdef…`). A local folder
+//! by default; the same code serves an S3-compatible store for scale-out.
+//!
+//! Invariant: a blob's key is the SHA-256 of its bytes as computed by this server at upload, so a
+//! key never changes meaning and identical uploads share one blob.
+
+use std::ops::Range;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+use tokio::io::AsyncReadExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("not a SHA-256 digest: {0}")]
+    BadDigest(String),
+    #[error("blob {0} not found")]
+    NotFound(String),
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("reading upload: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone)]
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+}
+
+/// Part size for streaming a file into the store.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn key(sha256: &str) -> Result<Path, BlobError> {
+    if !is_sha256_hex(sha256) {
+        return Err(BlobError::BadDigest(sha256.chars().take(80).collect()));
+    }
+    Ok(Path::from(format!("sha256/{}/{}", &sha256[..2], sha256)))
+}
+
+/// A ranged read: the bytes, which range they are, and the whole blob's size.
+pub struct BlobRead {
+    pub range: Range<u64>,
+    pub total: u64,
+    pub stream: BoxStream<'static, Result<Bytes, BlobError>>,
+}
+
+impl BlobStore {
+    pub fn local(root: &FsPath) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(root)?;
+        let store = LocalFileSystem::new_with_prefix(root)?.with_automatic_cleanup(true);
+        Ok(BlobStore { store: Arc::new(store) })
+    }
+
+    pub async fn exists(&self, sha256: &str) -> Result<bool, BlobError> {
+        match self.store.head(&key(sha256)?).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Copies a finished local file into the store under its digest (already computed by the caller).
+    pub async fn put_file(&self, sha256: &str, file: &FsPath) -> Result<(), BlobError> {
+        let location = key(sha256)?;
+        let upload = self.store.put_multipart(&location).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut source = tokio::fs::File::open(file).await?;
+        let mut buffer = vec![0u8; 1024 * 1024];
+        loop {
+            let n = match source.read(&mut buffer).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(e.into());
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                return Err(e.into());
+            }
+            writer.write(&buffer[..n]);
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, sha256: &str) -> Result<(), BlobError> {
+        match self.store.delete(&key(sha256)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads the whole blob, or the part `range` asks for.
+    pub async fn read(&self, sha256: &str, range: Option<GetRange>) -> Result<BlobRead, BlobError> {
+        let options = GetOptions {
+            range,
+            ..GetOptions::default()
+        };
+        let result = match self.store.get_opts(&key(sha256)?, options).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Err(BlobError::NotFound(sha256.to_owned())),
+            Err(e) => return Err(e.into()),
+        };
+        let range = result.range.clone();
+        let total = result.meta.size;
+        let stream = result.into_stream().map(|chunk| chunk.map_err(BlobError::from)).boxed();
+        Ok(BlobRead { range, total, stream })
+    }
+}

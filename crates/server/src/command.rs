@@ -1,0 +1,227 @@
+//! The `upkeep-server` program: flags (each also an `UPKEEP_*` environment variable), first-start
+//! bootstrap, and the serve loop.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::blobs::BlobStore;
+use crate::db::{self, Database};
+use crate::signing::ManifestSigner;
+use crate::{AppState, Settings, auth};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "upkeep-server",
+    version,
+    about = "The upkeep update server: publish, approve and roll out software to workstations"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "UPKEEP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Data folder: SQLite database, blobs, signing key.
+    #[arg(long, env = "UPKEEP_DATA", default_value = "./upkeep-data")]
+    pub data: PathBuf,
+    /// Database URL; default: the SQLite file DATA/upkeep.db. Use postgres://… to scale out.
+    #[arg(long, env = "UPKEEP_DATABASE")]
+    pub database: Option<String>,
+    /// Largest artifact an upload may carry, in bytes.
+    #[arg(long, env = "UPKEEP_MAX_UPLOAD_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+    /// How often rollouts are checked: scheduled starts, waves to open, failure thresholds.
+    #[arg(long, env = "UPKEEP_ROLLOUT_TICK", default_value = "5s", value_parser = parse_tick)]
+    pub rollout_tick: std::time::Duration,
+    /// How long a signed TUF timestamp is valid (re-signed when half is left). Short lifetimes
+    /// make a frozen or replayed repository noticed sooner.
+    #[arg(long, env = "UPKEEP_TUF_TIMESTAMP_LIFETIME", default_value = "1d", value_parser = parse_tick)]
+    pub tuf_timestamp_lifetime: std::time::Duration,
+    /// SMTP server for notification e-mails: smtp://host:25, smtp://user:pass@host:587?tls=required,
+    /// smtps://host:465. Without it, e-mails wait in the outbox.
+    #[arg(long, env = "UPKEEP_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// Sender of notification e-mails.
+    #[arg(long, env = "UPKEEP_SMTP_FROM", default_value = "upkeep <upkeep@localhost>")]
+    pub smtp_from: String,
+    /// How often the notification outbox is delivered.
+    #[arg(long, env = "UPKEEP_NOTIFY_INTERVAL", default_value = "2s", value_parser = parse_tick)]
+    pub notify_interval: std::time::Duration,
+    /// Ed25519 manifest-signing key (base64 of 32 bytes); created on first start when missing.
+    /// Default: DATA/keys/manifest-signing.key.
+    #[arg(long, env = "UPKEEP_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+}
+
+/// Runs the program; returns the process exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UPKEEP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("upkeep-server: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("upkeep-server: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data).with_context(|| format!("creating data folder {}", args.data.display()))?;
+    let url = match &args.database {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}?mode=rwc", args.data.join("upkeep.db").display()),
+    };
+    let db = Database::connect(&url)
+        .await
+        .with_context(|| format!("opening database {}", db::redact_url(&url)))?;
+
+    let (password, generated) = match std::env::var("UPKEEP_ADMIN_PASSWORD") {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ => (auth::random_password(), true),
+    };
+    let created = if db.user_count().await? == 0 {
+        let hash = auth::hash_password(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
+        db.bootstrap(&hash).await?
+    } else {
+        db.bootstrap("").await?;
+        false
+    };
+
+    let key_path = args
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| args.data.join("keys").join("manifest-signing.key"));
+    let signer = ManifestSigner::load_or_create(&key_path)?;
+    // Agents pin this key: every server process over one database must sign with the same one.
+    let agreed = db
+        .agree_on("manifest_signing_public_key", &signer.public_key_base64())
+        .await?;
+    if agreed != signer.public_key_base64() {
+        anyhow::bail!(
+            "the signing key {} is not the one this database's agents trust; copy the first server's key file here or pass --signing-key",
+            key_path.display()
+        );
+    }
+    let blobs = BlobStore::local(&args.data.join("blobs")).context("opening blob folder")?;
+    let state = AppState {
+        db: db.clone(),
+        blobs,
+        signer: Arc::new(signer),
+        settings: Arc::new(Settings {
+            max_upload_bytes: args.max_upload_bytes,
+            staging_dir: args.data.join("tmp"),
+            rollout_tick: args.rollout_tick,
+            tuf_keys_dir: args.data.join("keys").join("tuf"),
+            tuf_timestamp_lifetime: args.tuf_timestamp_lifetime,
+        }),
+    };
+    let ticker = crate::rollouts::spawn_ticker(state.clone(), args.rollout_tick);
+    let mailer = match &args.smtp_url {
+        Some(url) => {
+            Some(crate::notify::Mailer::new(url, &args.smtp_from).map_err(|e| anyhow::anyhow!("--smtp-url: {e}"))?)
+        }
+        None => None,
+    };
+    let notifier = crate::notify::spawn_worker(db.clone(), mailer, args.notify_interval);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let base = format!("http://{address}");
+    {
+        // Printed on stdout (not the log) so people and scripts can read it.
+        let mut out = std::io::stdout().lock();
+        if created {
+            if generated {
+                writeln!(
+                    out,
+                    "Created the administrator account `admin` with password: {password}"
+                )?;
+                writeln!(out, "It is shown only this once. Sign in with:")?;
+            } else {
+                writeln!(
+                    out,
+                    "Created the administrator account `admin` with the password from UPKEEP_ADMIN_PASSWORD. Sign in with:"
+                )?;
+            }
+            writeln!(out, "  upkeep login --server {base} --user admin --password-stdin")?;
+        }
+        writeln!(out, "upkeep-server listening on {base}")?;
+        out.flush()?;
+    }
+    tracing::info!(%address, database = %db::redact_url(&url), "serving");
+    crate::serve(listener, state, shutdown_signal()).await?;
+    ticker.abort();
+    notifier.abort();
+    db.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn parse_tick(text: &str) -> Result<std::time::Duration, String> {
+    upkeep_domain::parse_duration(text)
+        .map(|ms| std::time::Duration::from_millis(ms.unsigned_abs()))
+        .or_else(|_| {
+            text.strip_suffix("ms")
+                .and_then(|n| n.parse().ok())
+                .map(std::time::Duration::from_millis)
+                .ok_or(())
+        })
+        .map_err(|()| format!("`{text}` is not a duration such as 5s or 200ms"))
+}

@@ -1,0 +1,490 @@
+//! The device API under `/api/v1/device`, spoken by `upkeep-agent`: enroll, check in, download
+//! artifacts (with HTTP Range, so interrupted downloads resume) and report each step.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use object_store::GetRange;
+use semver::Version;
+use upkeep_domain::{self as domain, Approval, RolloutView, WorkstationView, parse_version, validate_name};
+use upkeep_protocol::{self as proto, codes};
+
+use crate::AppState;
+use crate::admin_api::ApiJson;
+use crate::auth::{self, Device};
+use crate::blobs::{BlobError, is_sha256_hex};
+use crate::db::{self, NewWorkstation};
+use crate::error::{ApiError, ApiResult};
+use crate::rollouts;
+
+/// Bounds on what a device may send.
+const MAX_TEXT: usize = 255;
+const MAX_INSTALLED: usize = 1000;
+const MAX_GROUPS: usize = 64;
+const MAX_REPORT_TEXT: usize = 64 * 1024;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/enroll", post(enroll))
+        .route("/checkin", post(checkin))
+        .route("/reports", post(report))
+        .route("/artifacts/{sha256}", get(download))
+        .route("/wait", get(wait))
+}
+
+fn check_text(field: &'static str, value: &str) -> ApiResult<()> {
+    if value.is_empty() || value.len() > MAX_TEXT || value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            field,
+            format!("{field} must be 1–{MAX_TEXT} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+async fn enroll(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<proto::EnrollRequest>,
+) -> ApiResult<(StatusCode, Json<proto::EnrollResponse>)> {
+    check_text("hostname", &request.hostname)?;
+    check_text("os", &request.os)?;
+    check_text("arch", &request.arch)?;
+    check_text("agent_version", &request.agent_version)?;
+    if request.groups.len() > MAX_GROUPS {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            "groups",
+            format!("at most {MAX_GROUPS} groups"),
+        ));
+    }
+    for group in &request.groups {
+        validate_name(group).map_err(|e| ApiError::bad_request(codes::INVALID_NAME, "groups", e.to_string()))?;
+    }
+    if !request.token.starts_with(auth::ENROLL_TOKEN_PREFIX) {
+        return Err(invalid_enroll_token());
+    }
+    let workstation_id = format!("ws-{}", &auth::new_token("")[..20]);
+    let device_token = auth::new_token(auth::DEVICE_TOKEN_PREFIX);
+    let enrolled = state
+        .db
+        .enroll(
+            &auth::token_hash(&request.token),
+            &NewWorkstation {
+                id: &workstation_id,
+                device_token_hash: &auth::token_hash(&device_token),
+                hostname: &request.hostname,
+                os: &request.os,
+                arch: &request.arch,
+                agent_version: &request.agent_version,
+                groups: &request.groups,
+            },
+        )
+        .await?;
+    let Some((organization_id, organization)) = enrolled else {
+        return Err(invalid_enroll_token());
+    };
+    let tuf_root = current_tuf_root(&state, organization_id).await?;
+    tracing::info!(%workstation_id, hostname = %request.hostname, "workstation enrolled");
+    Ok((
+        StatusCode::CREATED,
+        Json(proto::EnrollResponse {
+            workstation_id,
+            device_token,
+            signing_public_key: state.signer.public_key_base64(),
+            organization,
+            tuf_root: Some(tuf_root),
+        }),
+    ))
+}
+
+/// The organization's current root.json, publishing the repository first if it has none yet.
+async fn current_tuf_root(state: &AppState, organization_id: i64) -> ApiResult<String> {
+    let version = match state.db.tuf_versions(organization_id).await?.get("root") {
+        Some((version, _)) => *version,
+        None => {
+            crate::tuf::publish(state, organization_id)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            1
+        }
+    };
+    state
+        .db
+        .tuf_file(organization_id, &format!("{version}.root.json"))
+        .await?
+        .ok_or_else(|| ApiError::Internal("the TUF root is missing".into()))
+}
+
+fn invalid_enroll_token() -> ApiError {
+    ApiError::client(
+        StatusCode::UNAUTHORIZED,
+        codes::INVALID_TOKEN,
+        Some("token"),
+        "the enrollment token is unknown or used up",
+    )
+    .with_hint("ask an administrator for a new one: upkeep enroll-token create")
+}
+
+async fn checkin(
+    State(state): State<AppState>,
+    device: Device,
+    ApiJson(request): ApiJson<proto::CheckinRequest>,
+) -> ApiResult<Json<proto::CheckinResponse>> {
+    check_text("hostname", &request.hostname)?;
+    check_text("os", &request.os)?;
+    check_text("arch", &request.arch)?;
+    check_text("agent_version", &request.agent_version)?;
+    if request.utc_offset_minutes.abs() > 14 * 60 {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            "utc_offset_minutes",
+            "a UTC offset is at most 14 hours",
+        ));
+    }
+    if request.installed.len() > MAX_INSTALLED {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            "installed",
+            format!("at most {MAX_INSTALLED} products"),
+        ));
+    }
+    let mut installed: BTreeMap<String, Version> = BTreeMap::new();
+    for item in &request.installed {
+        validate_name(&item.product)
+            .map_err(|e| ApiError::bad_request(codes::INVALID_NAME, "installed.product", e.to_string()))?;
+        let version = parse_version(&item.version)
+            .map_err(|e| ApiError::bad_request(codes::INVALID_VERSION, "installed.version", e.to_string()))?;
+        if installed.insert(item.product.clone(), version).is_some() {
+            return Err(ApiError::bad_request(
+                codes::INVALID_FIELD,
+                "installed",
+                format!("product `{}` is listed twice", item.product),
+            ));
+        }
+    }
+
+    let groups = state
+        .db
+        .record_checkin(device.organization_id, &device.workstation_id, &request)
+        .await?;
+    let approvals: BTreeMap<String, Approval> = state
+        .db
+        .approvals_of(device.organization_id, &request.installed)
+        .await?
+        .into_iter()
+        .map(|(product, a)| (product, rollouts::approval(a)))
+        .collect();
+    let now = db::now_ms();
+    let rollouts: Vec<RolloutView> = state
+        .db
+        .rollouts(device.organization_id, None, true)
+        .await?
+        .iter()
+        .filter_map(rollouts::to_view)
+        .collect();
+    let mut first_offered = state.db.first_offers(&device.workstation_id).await?;
+    // Rollouts that already offered their update here: nothing to record again (no write on a
+    // check-in that changes nothing).
+    let already_offered: std::collections::BTreeSet<i64> = first_offered.keys().copied().collect();
+    // A rollout offering its update for the first time does so now (it is recorded below), so a
+    // deadline counted from the first offer starts now.
+    for r in &rollouts {
+        first_offered.entry(r.id).or_insert(now);
+    }
+    let view = WorkstationView {
+        id: &device.workstation_id,
+        groups: &groups,
+        installed: &installed,
+        installed_approvals: &approvals,
+        first_offered: &first_offered,
+        utc_offset_minutes: request.utc_offset_minutes,
+        now,
+    };
+
+    let mut instructions = Vec::new();
+    for decision in domain::decide(&view, &rollouts) {
+        let installed_version = decision.installed.as_ref().map(Version::to_string);
+        let block = decision.block.map(|domain::BlockReason::Disapproved| proto::Block {
+            code: codes::INSTALLED_VERSION_DISAPPROVED,
+            message: format!(
+                "{} {} has been disapproved by your administrator and must not be used",
+                decision.product,
+                installed_version.as_deref().unwrap_or("?")
+            ),
+        });
+        let update = match &decision.update {
+            Some(update) => {
+                let version = update.version.to_string();
+                let manifest = state
+                    .db
+                    .signed_manifest(device.organization_id, &decision.product, &version)
+                    .await?
+                    .ok_or_else(|| ApiError::Internal(format!("rollout {} has no manifest", update.rollout_id)))?;
+                if !already_offered.contains(&update.rollout_id) {
+                    state
+                        .db
+                        .mark_notified(
+                            device.organization_id,
+                            update.rollout_id,
+                            &device.workstation_id,
+                            installed_version.as_deref(),
+                            update.wave,
+                            now,
+                        )
+                        .await?;
+                }
+                Some(proto::UpdateOffer {
+                    rollout_id: update.rollout_id,
+                    version,
+                    mandatory: update.mandatory,
+                    required_reason: update.required.map(|r| r.as_str().to_owned()),
+                    deadline: update.deadline.map(db::format_time),
+                    install_window: update.window.as_ref().map(|w| proto::InstallWindow {
+                        window: w.window.clone(),
+                        open: w.open,
+                        next_open: db::format_time(w.next_open),
+                    }),
+                    manifest,
+                })
+            }
+            None => None,
+        };
+        let action = match (&block, &update) {
+            (Some(_), _) => proto::Action::Blocked,
+            (None, Some(u)) if u.required_reason.is_some() => proto::Action::Required,
+            (None, Some(_)) => proto::Action::Offered,
+            (None, None) => proto::Action::None,
+        };
+        instructions.push(proto::ProductInstruction {
+            held_back: decision.held_back,
+            product: decision.product,
+            installed_version,
+            action,
+            block,
+            update,
+        });
+    }
+    Ok(Json(proto::CheckinResponse {
+        server_time: db::format_time(db::now_ms()),
+        instructions,
+    }))
+}
+
+async fn report(
+    State(state): State<AppState>,
+    device: Device,
+    ApiJson(report): ApiJson<proto::DeviceReport>,
+) -> ApiResult<StatusCode> {
+    validate_name(&report.product).map_err(|e| ApiError::bad_request(codes::INVALID_NAME, "product", e.to_string()))?;
+    parse_version(&report.version)?;
+    if let Some(from) = &report.from_version {
+        parse_version(from)
+            .map_err(|e| ApiError::bad_request(codes::INVALID_VERSION, "from_version", e.to_string()))?;
+    }
+    if report.error_code.as_ref().is_some_and(|c| c.len() > MAX_TEXT) {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            "error_code",
+            "error_code is too long",
+        ));
+    }
+    if report.message.as_ref().is_some_and(|m| m.len() > MAX_REPORT_TEXT)
+        || report
+            .details
+            .as_ref()
+            .is_some_and(|d| d.to_string().len() > MAX_REPORT_TEXT)
+    {
+        return Err(ApiError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::INVALID_FIELD,
+            Some("message"),
+            "message or details larger than 64 KiB",
+        ));
+    }
+    // A late report keeps the time the agent saw it happen, but never one in the future.
+    let now = db::now_ms();
+    let at = report
+        .at
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_millisecond().min(now))
+        .unwrap_or(now);
+    state
+        .db
+        .record_report(device.organization_id, &device.workstation_id, &report, at)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A single byte range from a `Range` header; `None` means "send it all".
+#[derive(Debug, PartialEq, Eq)]
+enum RangeRequest {
+    All,
+    Part(GetRange),
+    Unsatisfiable,
+}
+
+fn parse_range(headers: &HeaderMap, size: u64) -> RangeRequest {
+    let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return RangeRequest::All;
+    };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::All;
+    };
+    if spec.contains(',') {
+        // Several ranges are allowed to be answered with the whole body.
+        return RangeRequest::All;
+    }
+    let Some((start, end)) = spec.split_once('-') else {
+        return RangeRequest::All;
+    };
+    let (start, end) = (start.trim(), end.trim());
+    match (start.parse::<u64>().ok(), end.parse::<u64>().ok()) {
+        (Some(s), _) if s >= size => RangeRequest::Unsatisfiable,
+        (Some(s), None) if end.is_empty() => RangeRequest::Part(GetRange::Offset(s)),
+        (Some(s), Some(e)) if e >= s => RangeRequest::Part(GetRange::Bounded(s..e.saturating_add(1).min(size))),
+        (None, Some(n)) if start.is_empty() && n > 0 => RangeRequest::Part(GetRange::Suffix(n.min(size))),
+        _ => RangeRequest::Unsatisfiable,
+    }
+}
+
+async fn download(
+    State(state): State<AppState>,
+    device: Device,
+    UrlPath(sha256): UrlPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if !is_sha256_hex(&sha256) {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            "sha256",
+            "not a lowercase hex SHA-256 digest",
+        ));
+    }
+    let not_found = || {
+        ApiError::not_found(
+            codes::NOT_FOUND,
+            Some("sha256"),
+            "no approved artifact with this digest",
+        )
+    };
+    let size = state
+        .db
+        .artifact_downloadable(device.organization_id, &sha256)
+        .await?
+        .ok_or_else(not_found)?;
+    let range = match parse_range(&headers, size) {
+        RangeRequest::All => None,
+        RangeRequest::Part(r) => Some(r),
+        RangeRequest::Unsatisfiable => {
+            let mut response = ApiError::client(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                codes::RANGE_NOT_SATISFIABLE,
+                Some("range"),
+                format!("the artifact has {size} bytes"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(response);
+        }
+    };
+    let partial = range.is_some();
+    let read = match state.blobs.read(&sha256, range).await {
+        Ok(read) => read,
+        Err(BlobError::NotFound(_)) => return Err(not_found()),
+        Err(e) => return Err(e.into()),
+    };
+    let length = read.range.end - read.range.start;
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, format!("\"{sha256}\""));
+    if partial {
+        builder = builder.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!(
+                "bytes {}-{}/{}",
+                read.range.start,
+                read.range.end.saturating_sub(1),
+                read.total
+            ),
+        );
+    }
+    builder
+        .body(Body::from_stream(read.stream))
+        .map_err(|e| ApiError::Internal(format!("building response: {e}")))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct WaitQuery {
+    /// Seconds, 1–60.
+    timeout: Option<u64>,
+}
+
+/// `GET /wait?timeout=S`: a long poll that answers as soon as a rollout targeting this
+/// workstation is created or changes state, so a daemon acts at once (e.g. on `--now`), or with
+/// 204 after `timeout`. It watches the database, so it works behind any server process.
+async fn wait(
+    State(state): State<AppState>,
+    device: Device,
+    query: Result<axum::extract::Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let axum::extract::Query(query) = query?;
+    let timeout = query.timeout.unwrap_or(30);
+    if !(1..=60).contains(&timeout) {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            "timeout",
+            "timeout is 1 to 60 seconds",
+        ));
+    }
+    let since = db::now_ms();
+    let until = since + i64::try_from(timeout * 1000).unwrap_or(30_000);
+    let groups = state.db.workstation_groups(&device.workstation_id).await?;
+    loop {
+        let changed = state.db.rollouts_changed_since(device.organization_id, since).await?;
+        if let Some(row) = changed
+            .iter()
+            .find(|r| rollouts::to_view(r).is_some_and(|v| v.targets.includes(&device.workstation_id, &groups)))
+        {
+            return Ok(Json(serde_json::json!({ "wake": true, "rollout_id": row.id })).into_response());
+        }
+        if db::now_ms() >= until {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(value: &str, size: u64) -> RangeRequest {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_str(value).unwrap());
+        parse_range(&headers, size)
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(&HeaderMap::new(), 10), RangeRequest::All);
+        assert_eq!(range("bytes=4-", 10), RangeRequest::Part(GetRange::Offset(4)));
+        assert_eq!(range("bytes=2-5", 10), RangeRequest::Part(GetRange::Bounded(2..6)));
+        assert_eq!(range("bytes=2-50", 10), RangeRequest::Part(GetRange::Bounded(2..10)));
+        assert_eq!(range("bytes=-3", 10), RangeRequest::Part(GetRange::Suffix(3)));
+        assert_eq!(range("bytes=10-", 10), RangeRequest::Unsatisfiable);
+        assert_eq!(range("bytes=5-2", 10), RangeRequest::Unsatisfiable);
+        assert_eq!(range("bytes=0-1,4-5", 10), RangeRequest::All);
+        assert_eq!(range("items=0-1", 10), RangeRequest::All);
+    }
+}

@@ -1,0 +1,95 @@
+//! The upkeep server as a library: [`router`] builds the whole HTTP surface over an [`AppState`],
+//! [`serve`] runs it on a listener until shutdown, and [`command`] is the `upkeep-server` program.
+//!
+//! Invariant: no state that another server process needs lives only in this process's memory; the
+//! database and the blob store are the shared truth.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+pub mod admin_api;
+pub mod auth;
+pub mod blobs;
+pub mod command;
+pub mod db;
+pub mod device_api;
+pub mod error;
+pub mod manifest;
+pub mod notify;
+pub mod rollouts;
+pub mod signing;
+pub mod tuf;
+
+use blobs::BlobStore;
+use db::Database;
+use signing::ManifestSigner;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Database,
+    pub blobs: BlobStore,
+    pub signer: Arc<ManifestSigner>,
+    pub settings: Arc<Settings>,
+}
+
+/// Server behaviour that handlers need to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest artifact accepted by an upload.
+    pub max_upload_bytes: u64,
+    /// Where uploads are staged before they are verified and stored.
+    pub staging_dir: PathBuf,
+    /// How often rollouts are checked for waves to open and scheduled starts.
+    pub rollout_tick: std::time::Duration,
+    /// Hosted TUF keys, one folder per organization.
+    pub tuf_keys_dir: PathBuf,
+    /// How long a signed TUF timestamp is valid; it is re-signed when half of it is left.
+    pub tuf_timestamp_lifetime: std::time::Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    // Uploads stream and enforce `max_upload_bytes` themselves; this bound stops a body that never
+    // reaches a multipart boundary from being buffered without end.
+    let body_limit =
+        usize::try_from(state.settings.max_upload_bytes.saturating_add(4 * 1024 * 1024)).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1/device", device_api::routes())
+        .nest("/tuf", tuf::routes())
+        .nest(
+            "/api/v1",
+            admin_api::routes().layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit)),
+        )
+        .fallback(not_found)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Result<&'static str, error::ApiError> {
+    state.db.ping().await?;
+    Ok("ok\n")
+}
+
+async fn not_found(uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::not_found(
+        upkeep_protocol::codes::NOT_FOUND,
+        None,
+        format!("no such route: {}", uri.path()),
+    )
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

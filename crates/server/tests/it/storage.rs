@@ -1,0 +1,449 @@
+//! The storage story: what the server relies on from any database.
+
+use upkeep_protocol as proto;
+use upkeep_server::db::{
+    DEFAULT_ORGANIZATION_ID as ORG, Database, DbError, EventFilter, NewEvent, NewRelease, NewRollout, NewWorkstation,
+};
+use upkeep_test_support::{Backend, TestDatabase};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn url_for(backend: Backend, dir: &tempfile::TempDir) -> Option<(String, TestDatabase)> {
+    let database = TestDatabase::create(backend)?;
+    let url = database
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.path().join("upkeep.db").display()));
+    Some((url, database))
+}
+
+fn artifact(sha: char) -> proto::Artifact {
+    proto::Artifact {
+        platform: "linux-x86_64".into(),
+        filename: "demo.tar.gz".into(),
+        sha256: sha.to_string().repeat(64),
+        size: 10,
+        format: "tar.gz".into(),
+    }
+}
+
+static NO_REQUIREMENTS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
+fn new_release<'a>(
+    product_id: i64,
+    version: &'a str,
+    manifest: &'a proto::SignedManifest,
+    artifact: &'a proto::Artifact,
+) -> NewRelease<'a> {
+    NewRelease {
+        organization_id: ORG,
+        product_id,
+        product: "demo",
+        version,
+        notes: "notes",
+        launch: Some("bin/demo"),
+        recipe: "archive",
+        requires: &NO_REQUIREMENTS,
+        manifest,
+        artifact,
+        actor: "admin",
+    }
+}
+
+async fn story(url: &str) {
+    let db = Database::connect(url).await.expect("connect and migrate");
+    // Migrating again is a no-op; bootstrap creates the admin once.
+    let db2 = Database::connect(url).await.expect("second connect");
+    assert!(db.bootstrap("hash").await.expect("bootstrap"));
+    assert!(!db2.bootstrap("other").await.expect("bootstrap again"));
+    assert_eq!(
+        db.find_user("admin").await.expect("user").expect("admin").password_hash,
+        "hash"
+    );
+
+    // Products: unique per organization.
+    db.create_product(ORG, "demo", proto::ProductKind::Client)
+        .await
+        .expect("product");
+    assert!(matches!(
+        db.create_product(ORG, "demo", proto::ProductKind::Server).await,
+        Err(DbError::Conflict)
+    ));
+    let product_id = db.product_id(ORG, "demo").await.expect("lookup").expect("id");
+    assert_eq!(
+        db.product_id(ORG + 1, "demo").await.expect("lookup"),
+        None,
+        "scoped by organization"
+    );
+
+    // Releases: all or nothing, and a duplicate version leaves no second artifact or event.
+    let manifest = proto::SignedManifest {
+        payload: "{}".into(),
+        signature: "sig".into(),
+    };
+    let (a, b) = (&artifact('a'), &artifact('b'));
+    let release = |version, art| new_release(product_id, version, &manifest, art);
+    db.insert_release(&release("1.0.0", a)).await.expect("release");
+    let events_before = db
+        .list_events(
+            ORG,
+            &EventFilter {
+                limit: 100,
+                ..EventFilter::default()
+            },
+        )
+        .await
+        .expect("events")
+        .len();
+    assert!(matches!(
+        db.insert_release(&release("1.0.0", b)).await,
+        Err(DbError::Conflict)
+    ));
+    assert!(
+        !db.blob_referenced(&b.sha256).await.expect("ref"),
+        "the failed insert left an artifact row"
+    );
+    assert_eq!(
+        db.list_events(
+            ORG,
+            &EventFilter {
+                limit: 100,
+                ..EventFilter::default()
+            }
+        )
+        .await
+        .expect("events")
+        .len(),
+        events_before
+    );
+    db.insert_release(&release("1.10.0", b)).await.expect("release");
+    db.insert_release(&release("1.2.0", b))
+        .await
+        .expect("release sharing a blob");
+    let versions: Vec<String> = db
+        .list_releases(ORG, product_id, "demo")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(versions, ["1.0.0", "1.2.0", "1.10.0"], "sorted by semantic version");
+
+    // Approvals start pending and are per organization.
+    let release_id = db.release_id(product_id, "1.0.0").await.expect("id").expect("release");
+    assert_eq!(
+        db.approval(ORG, release_id).await.expect("approval"),
+        proto::ApprovalState::Pending
+    );
+    assert_eq!(
+        db.artifact_downloadable(ORG, &a.sha256).await.expect("dl"),
+        None,
+        "pending is not downloadable"
+    );
+    let event = NewEvent {
+        kind: "release.approved",
+        actor: "admin",
+        product: Some("demo"),
+        version: Some("1.0.0"),
+        ..NewEvent::default()
+    };
+    db.set_approval(ORG, release_id, proto::ApprovalState::Approved, None, &event)
+        .await
+        .expect("approve");
+    assert_eq!(
+        db.approval(ORG, release_id).await.expect("approval"),
+        proto::ApprovalState::Approved
+    );
+    assert_eq!(db.artifact_downloadable(ORG, &a.sha256).await.expect("dl"), Some(10));
+
+    // Enrollment tokens are spent atomically.
+    db.insert_enroll_token(ORG, "tokenhash", Some("lab"), Some(1), "admin")
+        .await
+        .expect("token");
+    let ws = |id: &'static str, token: &'static str| NewWorkstation {
+        id,
+        device_token_hash: token,
+        hostname: "host",
+        os: "linux",
+        arch: "x86_64",
+        agent_version: "0.1.0",
+        groups: &[],
+    };
+    let enrolled = db.enroll("tokenhash", &ws("ws-1", "dev1")).await.expect("enroll");
+    assert_eq!(enrolled, Some((ORG, "default".to_owned())));
+    assert_eq!(
+        db.enroll("tokenhash", &ws("ws-2", "dev2")).await.expect("enroll"),
+        None,
+        "the only use is spent"
+    );
+    assert_eq!(db.enroll("nosuch", &ws("ws-3", "dev3")).await.expect("enroll"), None);
+    assert_eq!(
+        db.workstation_for_token("dev1").await.expect("auth"),
+        Some(("ws-1".to_owned(), ORG))
+    );
+    assert_eq!(db.workstation_for_token("dev2").await.expect("auth"), None);
+
+    // Check-ins record the inventory; groups come from the token.
+    let checkin = proto::CheckinRequest {
+        hostname: "host-renamed".into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        agent_version: "0.1.1".into(),
+        installed: vec![proto::InstalledProduct {
+            product: "demo".into(),
+            version: "1.0.0".into(),
+        }],
+        utc_offset_minutes: 0,
+    };
+    assert_eq!(
+        db.record_checkin(ORG, "ws-1", &checkin).await.expect("checkin"),
+        ["lab"]
+    );
+    let listed = db.list_workstations(ORG, None).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].hostname, "host-renamed");
+    assert_eq!(listed[0].installed.get("demo").map(String::as_str), Some("1.0.0"));
+    assert!(listed[0].last_checkin_at.is_some());
+    let approvals = db.approvals_of(ORG, &checkin.installed).await.expect("approvals");
+    assert_eq!(approvals.get("demo"), Some(&proto::ApprovalState::Approved));
+
+    // Rollouts materialize their targets, with waves, and follow reports.
+    let targets = proto::RolloutTargets {
+        groups: vec!["lab".into()],
+        ..proto::RolloutTargets::default()
+    };
+    let new = NewRollout {
+        release_id,
+        product: "demo",
+        version: "1.0.0",
+        mandatory: true,
+        targets: &targets,
+        state: "active",
+        starts_at: 1,
+        deadline: Some(("after", "604800000".into())),
+        waves: Some(("50,100".into(), 60_000, 100_000, 3)),
+        allow_downgrade: false,
+        maintenance_window: Some("Mon-Fri 22:00-06:00"),
+        actor: "admin",
+        request: serde_json::json!({}),
+    };
+    let rollout_id = db
+        .create_rollout(ORG, &new, &[("ws-1".into(), Some("0.9.0".into()))])
+        .await
+        .expect("rollout");
+    let rows = db.rollout_workstations(ORG, rollout_id).await.expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, proto::WorkstationStatus::Pending);
+    let expected_wave = upkeep_domain::wave_of(&[50, 100], rollout_id, "ws-1") + 1;
+    assert_eq!(rows[0].wave, expected_wave);
+    let live = db.rollouts(ORG, None, true).await.expect("rollouts");
+    assert_eq!(live.len(), 1);
+    let row = &live[0];
+    assert!(row.mandatory);
+    assert_eq!(row.targets.groups, ["lab"]);
+    assert_eq!(row.percents(), Some(vec![50, 100]));
+    assert_eq!(
+        (row.soak_ms, row.max_failure_ppm, row.min_sample, row.opened_waves),
+        (Some(60_000), Some(100_000), Some(3), 1)
+    );
+    assert_eq!(row.deadline_kind.as_deref(), Some("after"));
+    assert_eq!(row.maintenance_window.as_deref(), Some("Mon-Fri 22:00-06:00"));
+    assert_eq!(row.approval, proto::ApprovalState::Approved);
+
+    // The first offer is remembered; a second one does not move it.
+    db.mark_notified(ORG, rollout_id, "ws-1", Some("0.9.0"), 0, upkeep_server::db::now_ms())
+        .await
+        .expect("notified");
+    let first = db.first_offers("ws-1").await.expect("first offers");
+    let at = *first.get(&rollout_id).expect("first offer recorded");
+    db.mark_notified(ORG, rollout_id, "ws-1", Some("0.9.0"), 0, upkeep_server::db::now_ms())
+        .await
+        .expect("notified again");
+    assert_eq!(
+        db.first_offers("ws-1").await.expect("first offers").get(&rollout_id),
+        Some(&at)
+    );
+    assert_eq!(
+        db.rollout_workstations(ORG, rollout_id).await.expect("rows")[0].status,
+        proto::WorkstationStatus::Notified
+    );
+
+    // Waves open once, whoever asks first; state changes are conditional too.
+    let event = NewEvent {
+        kind: "rollout.wave_opened",
+        actor: "upkeep",
+        rollout_id: Some(rollout_id),
+        ..NewEvent::default()
+    };
+    assert!(db.open_wave(ORG, rollout_id, 1, &event).await.expect("open"));
+    assert!(
+        !db.open_wave(ORG, rollout_id, 1, &event).await.expect("open again"),
+        "opened twice"
+    );
+    let event = NewEvent {
+        kind: "rollout.paused",
+        actor: "admin",
+        rollout_id: Some(rollout_id),
+        ..NewEvent::default()
+    };
+    assert!(
+        db.transition_rollout(ORG, rollout_id, &["active"], "paused", Some("why"), &event)
+            .await
+            .expect("pause")
+    );
+    assert!(
+        !db.transition_rollout(ORG, rollout_id, &["active"], "paused", None, &event)
+            .await
+            .expect("pause again")
+    );
+    assert!(
+        !db.transition_rollout(ORG + 1, rollout_id, &["paused"], "active", None, &event)
+            .await
+            .expect("other org")
+    );
+    let event = NewEvent {
+        kind: "rollout.resumed",
+        actor: "admin",
+        rollout_id: Some(rollout_id),
+        ..NewEvent::default()
+    };
+    assert!(
+        db.transition_rollout(ORG, rollout_id, &["paused"], "active", None, &event)
+            .await
+            .expect("resume")
+    );
+    let report = proto::DeviceReport {
+        product: "demo".into(),
+        version: "1.0.0".into(),
+        status: proto::WorkstationStatus::Installed,
+        rollout_id: Some(rollout_id),
+        from_version: Some("0.9.0".into()),
+        error_code: None,
+        message: None,
+        details: Some(serde_json::json!({ "previous_version": "0.9.0" })),
+        at: None,
+    };
+    db.record_report(ORG, "ws-1", &report, 1_700_000_000_000)
+        .await
+        .expect("report");
+    let rows = db.rollout_workstations(ORG, rollout_id).await.expect("rows");
+    assert_eq!(rows[0].status, proto::WorkstationStatus::Installed);
+    assert_eq!(rows[0].from_version.as_deref(), Some("0.9.0"));
+    assert!(
+        db.rollout_workstations(ORG + 1, rollout_id)
+            .await
+            .expect("rows")
+            .is_empty(),
+        "scoped by organization"
+    );
+
+    // Events filter by product and workstation, oldest first, and paginate after an id.
+    let by_ws = db
+        .list_events(
+            ORG,
+            &EventFilter {
+                workstation: Some("ws-1".into()),
+                limit: 100,
+                ..EventFilter::default()
+            },
+        )
+        .await
+        .expect("events");
+    let kinds: Vec<&str> = by_ws.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["workstation.enrolled", "workstation.installed"]);
+    assert_eq!(by_ws[1].at, "2023-11-14T22:13:20Z");
+    assert_eq!(
+        by_ws[1].details.as_ref().and_then(|d| d["from_version"].as_str()),
+        Some("0.9.0")
+    );
+    let after = db
+        .list_events(
+            ORG,
+            &EventFilter {
+                after_id: Some(by_ws[0].id),
+                workstation: Some("ws-1".into()),
+                limit: 100,
+                ..EventFilter::default()
+            },
+        )
+        .await
+        .expect("events");
+    assert_eq!(after.len(), 1);
+    // Paging walks forward from `after`, a page at a time.
+    let all = db
+        .list_events(
+            ORG,
+            &EventFilter {
+                limit: 1000,
+                ..EventFilter::default()
+            },
+        )
+        .await
+        .expect("events");
+    let page = db
+        .list_events(
+            ORG,
+            &EventFilter {
+                after_id: Some(all[0].id),
+                limit: 2,
+                ..EventFilter::default()
+            },
+        )
+        .await
+        .expect("page");
+    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [all[1].id, all[2].id]);
+    db.close().await;
+    db2.close().await;
+}
+
+fn run(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some((url, _database)) = url_for(backend, &dir) else {
+        eprintln!(
+            "PostgreSQL variant not run: set {}",
+            upkeep_test_support::DATABASE_URL_ENV
+        );
+        return;
+    };
+    runtime().block_on(story(&url));
+}
+
+#[test]
+fn story_sqlite() {
+    run(Backend::Sqlite);
+}
+
+#[test]
+fn story_postgres() {
+    run(Backend::Postgres);
+}
+
+#[test]
+fn refuses_unknown_urls_and_newer_schemas() {
+    let rt = runtime();
+    let err = rt.block_on(Database::connect("mysql://x")).err().expect("refused");
+    assert!(err.to_string().contains("unsupported database URL"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("u.db").display());
+    rt.block_on(async {
+        let db = Database::connect(&url).await.expect("connect");
+        db.close().await;
+        // A newer server migrated this file; this one must not touch it.
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.expect("raw");
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)")
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+        conn.close().await.expect("close");
+        let err = Database::connect(&url).await.err().expect("refused");
+        assert!(matches!(err, DbError::SchemaTooNew { found: 999, .. }), "{err}");
+    });
+}

@@ -1,0 +1,540 @@
+//! Test helpers shared by upkeep's integration tests: start the real `upkeep-server` binary on
+//! an ephemeral port with a fresh data folder and database (SQLite, or a throwaway PostgreSQL
+//! database when `UPKEEP_TEST_DATABASE_URL` is set), build fixture archives, and put a byte-counting
+//! TCP proxy in front of the server to cut and resume downloads.
+//!
+//! Nothing here is a mock: every helper starts or talks to a real process or socket.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+/// The environment variable naming a PostgreSQL server for the PostgreSQL variants of tests.
+pub const DATABASE_URL_ENV: &str = "UPKEEP_TEST_DATABASE_URL";
+
+/// The administrator password every test server starts with.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test. PostgreSQL databases get a random name and are dropped afterwards,
+/// so tests run in parallel without seeing each other's rows.
+pub struct TestDatabase {
+    /// `None` means the server's default SQLite file in its data folder.
+    pub url: Option<String>,
+    admin_url: Option<String>,
+    name: Option<String>,
+}
+
+impl TestDatabase {
+    /// `None` when the backend is PostgreSQL and no server is configured.
+    pub fn create(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => Some(TestDatabase {
+                url: None,
+                admin_url: None,
+                name: None,
+            }),
+            Backend::Postgres => {
+                let admin_url = std::env::var(DATABASE_URL_ENV).ok().filter(|u| !u.is_empty())?;
+                let name = format!("upkeep_test_{:016x}", rand::thread_rng().r#gen::<u64>());
+                run_sql(&admin_url, &format!("CREATE DATABASE {name}"));
+                let url = replace_database(&admin_url, &name);
+                Some(TestDatabase {
+                    url: Some(url),
+                    admin_url: Some(admin_url),
+                    name: Some(name),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let (Some(admin), Some(name)) = (&self.admin_url, &self.name) {
+            run_sql(admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+/// Runs SQL statements on a database (tests use it to play a compromised server).
+pub fn run_sql(url: &str, sql: &str) {
+    let (url, statement) = (url.to_owned(), sql.to_owned());
+    // Its own thread and runtime, so this works from sync tests, async tests and Drop alike.
+    let result = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            use sqlx::Connection;
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(&url).await.map_err(|e| e.to_string())?;
+            // The statements are built here from a random hex name, never from outside input.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.close().await.map_err(|e| e.to_string())
+        })
+    })
+    .join();
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("PostgreSQL `{sql}` failed: {e}"),
+        Err(_) => panic!("PostgreSQL helper thread panicked"),
+    }
+}
+
+/// `postgres://user@host:port/db?x` with `db` replaced by `name`.
+pub fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let replaced = match base[scheme_end..].find('/') {
+        Some(slash) => format!("{}/{name}", &base[..scheme_end + slash]),
+        None => format!("{base}/{name}"),
+    };
+    match query {
+        Some(q) => format!("{replaced}?{q}"),
+        None => replaced,
+    }
+}
+
+/// A running `upkeep-server`, stopped when dropped.
+pub struct Server {
+    child: std::sync::Mutex<Child>,
+    pub url: String,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// What the server printed on stdout before it was ready.
+    pub banner: Vec<String>,
+    pub database: Arc<TestDatabase>,
+}
+
+impl Server {
+    /// Starts `binary serve` on 127.0.0.1:0 with `data_dir`, waits until `/healthz` answers.
+    pub fn start(binary: &Path, data_dir: &Path, database: Arc<TestDatabase>, extra_args: &[&str]) -> Server {
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(data_dir)
+            .args(extra_args)
+            .env("UPKEEP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("UPKEEP_LOG", "warn")
+            .env_remove("UPKEEP_DATABASE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(url) = &database.url {
+            command.arg("--database").arg(url);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("upkeep-server listening on ") {
+                        break url.trim().to_owned();
+                    }
+                    banner.push(line);
+                }
+                _ => {
+                    let status = child.wait().ok();
+                    panic!("upkeep-server exited before listening ({status:?}); it printed {banner:?}");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let addr: SocketAddr = url.trim_start_matches("http://").parse().expect("listen address");
+        let server = Server {
+            child: std::sync::Mutex::new(child),
+            url,
+            addr,
+            data_dir: data_dir.to_owned(),
+            banner,
+            database,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some((status, _)) = http_get(self.addr, "/healthz")
+                && status == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("upkeep-server at {} never became healthy", self.url);
+    }
+
+    /// Stops the server (SIGKILL) and waits for it.
+    /// The database URL this server runs on.
+    pub fn database_url(&self) -> String {
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("upkeep.db").display()))
+    }
+
+    pub fn stop(&self) {
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal HTTP/1.1 GET for health checks: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Builds a `.tar.gz` in memory from (path, contents, mode) entries.
+pub fn tar_gz(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, data, mode) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(*mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        // Set the raw name so that hostile names (`../x`) reach the archive unchanged.
+        let bytes = path.as_bytes();
+        header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        header.set_cksum();
+        builder.append(&header, *data).expect("append to tar");
+    }
+    builder.into_inner().expect("finish tar").finish().expect("finish gzip")
+}
+
+/// A product archive whose `bin/demo` prints `demo VERSION` and its arguments, plus `padding`
+/// bytes of random (incompressible) data to make the download as large as a test needs.
+pub fn demo_archive(version: &str, padding: usize) -> Vec<u8> {
+    let script = format!("#!/bin/sh\necho \"demo {version} $*\"\n");
+    let mut noise = vec![0u8; padding];
+    rand::thread_rng().fill(&mut noise[..]);
+    let mut entries: Vec<(&str, &[u8], u32)> = vec![
+        ("bin/demo", script.as_bytes(), 0o755),
+        ("README.txt", b"demo product\n", 0o644),
+    ];
+    if padding > 0 {
+        entries.push(("data/blob.bin", &noise, 0o644));
+    }
+    tar_gz(&entries)
+}
+
+/// A TCP proxy that counts the bytes it forwards from the server and can cut connections after
+/// a number of them, to interrupt a download the way a dropped network would.
+pub struct CuttingProxy {
+    pub addr: SocketAddr,
+    /// When non-zero, a connection is closed once it has carried this many bytes downstream.
+    pub cut_after: Arc<AtomicU64>,
+    /// Bytes forwarded from the server to clients since the last reset.
+    pub bytes_down: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: SocketAddr) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let cut_after = Arc::new(AtomicU64::new(0));
+        let bytes_down = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cut, down, halt) = (cut_after.clone(), bytes_down.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if halt.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (cut, down) = (cut.clone(), down.clone());
+                std::thread::spawn(move || relay(client, server, &cut, &down));
+            }
+        });
+        CuttingProxy {
+            addr,
+            cut_after,
+            bytes_down,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn relay(client: TcpStream, server: TcpStream, cut_after: &AtomicU64, bytes_down: &AtomicU64) {
+    let (Ok(mut client_read), Ok(mut server_write)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let upstream = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_read, &mut server_write);
+        let _ = server_write.shutdown(Shutdown::Write);
+    });
+    let (mut server_read, mut client_write) = (server, client);
+    let mut buffer = [0u8; 16 * 1024];
+    let mut carried = 0u64;
+    loop {
+        let n = match server_read.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let limit = cut_after.load(Ordering::Relaxed);
+        let n = if limit > 0 && carried + n as u64 > limit {
+            (limit - carried) as usize
+        } else {
+            n
+        };
+        if client_write.write_all(&buffer[..n]).is_err() {
+            break;
+        }
+        carried += n as u64;
+        bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+        if limit > 0 && carried >= limit {
+            break;
+        }
+    }
+    let _ = client_write.shutdown(Shutdown::Both);
+    let _ = server_read.shutdown(Shutdown::Both);
+    let _ = upstream.join();
+}
+
+/// A real SMTP server (Python's `aiosmtpd`, Maildir handler) on a free port; stopped when dropped.
+pub struct SmtpServer {
+    child: Child,
+    pub port: u16,
+    maildir: PathBuf,
+}
+
+impl SmtpServer {
+    /// Starts `python3 -m aiosmtpd`, keeping mail in a Maildir below `dir`; panics with a hint
+    /// when it is not installed.
+    pub fn start(dir: &Path) -> SmtpServer {
+        // The Maildir handler creates its folder layout only for a folder that does not exist yet.
+        let maildir = dir.join("maildir");
+        let maildir = maildir.as_path();
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting python3 -m aiosmtpd ({e}); install it with `pip install aiosmtpd`"));
+        let server = SmtpServer {
+            child,
+            port,
+            maildir: maildir.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd did not start on port {port} (is it installed? pip install aiosmtpd)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far, as raw text.
+    pub fn messages(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.maildir.join("new"))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        // Maildir names start `SECONDS.M<MICROSECONDS>P…`: order by those numbers, as received.
+        let key = |p: &PathBuf| -> (u64, u64) {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut parts = name.split('.');
+            let seconds = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let micros = parts
+                .next()
+                .and_then(|s| s.strip_prefix('M'))
+                .map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            (seconds, micros)
+        };
+        files.sort_by_key(key);
+        files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One HTTP request received by [`WebhookListener`].
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl ReceivedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP listener that records every request and answers 200.
+pub struct WebhookListener {
+    pub url: String,
+    pub received: Arc<std::sync::Mutex<Vec<ReceivedRequest>>>,
+}
+
+impl WebhookListener {
+    pub fn start() -> WebhookListener {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind webhook listener");
+        let url = format!("http://{}/hooks/upkeep", listener.local_addr().expect("address"));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Some(request) = read_request(&stream)
+                    && let Ok(mut all) = store.lock()
+                {
+                    all.push(request);
+                }
+                let mut stream = stream;
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        WebhookListener { url, received }
+    }
+
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+fn read_request(stream: &TcpStream) -> Option<ReceivedRequest> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = trimmed.split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(ReceivedRequest { headers, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(
+            replace_database("postgres://postgres@127.0.0.1:5432/test", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u:p@h/test?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(replace_database("postgres://h:5432", "x"), "postgres://h:5432/x");
+    }
+}
