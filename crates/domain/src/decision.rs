@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use semver::{Version, VersionReq};
 
-use crate::rollout::{DeadlineRule, MaintenanceWindow, RolloutState, wave_of};
+use crate::rollout::{DeadlineRule, MaintenanceWindow, RolloutState, placement, wave_by_cuts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Approval {
@@ -72,8 +72,9 @@ pub struct RolloutView {
     pub targets: Targets,
     /// Unix milliseconds.
     pub starts_at: i64,
-    /// Cumulative wave percentages and how many waves are open; `None` is one wave of 100%.
-    pub waves: Option<(Vec<u32>, u32)>,
+    /// The wave cuts (see [`crate::wave_cuts`]) and how many waves are open; `None` is one wave
+    /// of 100%.
+    pub waves: Option<(Vec<u64>, u32)>,
     pub deadline: Option<DeadlineRule>,
     pub allow_downgrade: bool,
     pub window: Option<MaintenanceWindow>,
@@ -241,8 +242,8 @@ fn deliver(
         return None;
     }
     let wave = match &rollout.waves {
-        Some((percents, opened)) => {
-            let wave = wave_of(percents, rollout.id, workstation.id);
+        Some((cuts, opened)) => {
+            let wave = wave_by_cuts(cuts, placement(rollout.id, workstation.id));
             if wave >= *opened {
                 return None;
             }
@@ -546,14 +547,15 @@ mod tests {
     #[test]
     fn waves_gate_delivery() {
         let mut r = rollout(1, "1.0.0", Approval::Approved, all());
-        let wave = wave_of(&[5, 25, 100], 1, "ws1");
-        r.waves = Some((vec![5, 25, 100], wave));
+        let cuts = crate::wave_cuts(&[5, 25, 100], Vec::new());
+        let wave = wave_by_cuts(&cuts, placement(1, "ws1"));
+        r.waves = Some((cuts.clone(), wave));
         assert_eq!(
             update(&run(&[], &[], std::slice::from_ref(&r))),
             None,
             "wave {wave} not open"
         );
-        r.waves = Some((vec![5, 25, 100], wave + 1));
+        r.waves = Some((cuts, wave + 1));
         assert_eq!(update(&run(&[], &[], &[r])).map(|u| u.wave), Some(wave));
     }
 

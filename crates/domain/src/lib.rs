@@ -13,7 +13,7 @@ pub use decision::{
 };
 pub use rollout::{
     DeadlineRule, LocalDateTime, MaintenanceWindow, RolloutRuleError, RolloutState, WavePlan, WaveStats, WaveStep,
-    bucket, format_duration, next_wave_step, parse_duration, wave_of,
+    format_duration, next_wave_step, parse_duration, placement, wave_by_cuts, wave_cuts,
 };
 pub use validate::{
     ValidationError, link_stays_inside, normalize_archive_path, parse_version, validate_name, validate_platform,

@@ -328,9 +328,10 @@ impl WavePlan {
     }
 }
 
-/// A workstation's place in `[0, 10000)` for a rollout: stable, so its wave never moves, and
-/// different per rollout, so the same machines are not always first.
-pub fn bucket(rollout_id: i64, workstation_id: &str) -> u32 {
+/// A workstation's place in a rollout: a stable 64-bit hash of the rollout id and the
+/// workstation id, so its wave never moves, and different per rollout, so the same machines are
+/// not always first.
+pub fn placement(rollout_id: i64, workstation_id: &str) -> u64 {
     // FNV-1a: tiny, stable across versions and platforms (unlike std's hasher).
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in rollout_id.to_le_bytes().iter().chain(workstation_id.as_bytes()) {
@@ -341,16 +342,42 @@ pub fn bucket(rollout_id: i64, workstation_id: &str) -> u32 {
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 33;
-    (hash % 10_000) as u32
+    hash
 }
 
-/// The wave (0-based) a workstation belongs to under `percents`.
-pub fn wave_of(percents: &[u32], rollout_id: i64, workstation_id: &str) -> u32 {
-    let b = bucket(rollout_id, workstation_id);
-    percents
+/// The placement boundaries between waves, fixed when a rollout is created: wave `i` holds the
+/// placements below `cuts[i]` (and at or above `cuts[i-1]`); the last wave holds the rest.
+///
+/// Cutting the targeted fleet's sorted placements (rather than the hash range) makes each wave
+/// exactly its share of that fleet — 5% of 40 machines is 2, never 0 by chance — while every
+/// workstation's wave still follows from its own stable placement, so it never moves. Machines
+/// enrolled later fall into waves by the same cuts, in proportion on average.
+pub fn wave_cuts(percents: &[u32], mut placements: Vec<u64>) -> Vec<u64> {
+    let inner = &percents[..percents.len().saturating_sub(1)];
+    if placements.is_empty() {
+        // Nothing to cut yet: split the hash range itself.
+        let step = u64::MAX / 100;
+        return inner.iter().map(|p| step * u64::from(*p)).collect();
+    }
+    placements.sort_unstable();
+    let n = placements.len() as u64;
+    inner
         .iter()
-        .position(|p| b < p * 100)
-        .unwrap_or(percents.len().saturating_sub(1)) as u32
+        // Round up so a non-empty wave share never rounds down to nobody.
+        .map(|p| (n * u64::from(*p)).div_ceil(100))
+        .map(|k| {
+            usize::try_from(k)
+                .ok()
+                .and_then(|k| placements.get(k))
+                .copied()
+                .unwrap_or(u64::MAX)
+        })
+        .collect()
+}
+
+/// The wave (0-based) of a placement under a rollout's cuts.
+pub fn wave_by_cuts(cuts: &[u64], placement: u64) -> u32 {
+    cuts.iter().position(|cut| placement < *cut).unwrap_or(cuts.len()) as u32
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,14 +597,38 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn cuts_give_each_wave_its_exact_share() {
+        let fleet: Vec<String> = (0..10_000).map(|i| format!("ws-{i}")).collect();
+        let places: Vec<u64> = fleet.iter().map(|ws| placement(7, ws)).collect();
+        let cuts = wave_cuts(&[5, 25, 100], places.clone());
+        let mut sizes = [0u32; 3];
+        for p in &places {
+            sizes[wave_by_cuts(&cuts, *p) as usize] += 1;
+        }
+        assert_eq!(sizes, [500, 2000, 7500]);
+        // A small fleet still gets a first wave.
+        let few: Vec<u64> = fleet[..10].iter().map(|ws| placement(7, ws)).collect();
+        let cuts = wave_cuts(&[5, 25, 100], few.clone());
+        let first = few.iter().filter(|p| wave_by_cuts(&cuts, **p) == 0).count();
+        assert_eq!(first, 1);
+        // No fleet yet: the hash range is split by the shares.
+        let cuts = wave_cuts(&[50, 100], Vec::new());
+        assert_eq!(wave_by_cuts(&cuts, 0), 0);
+        assert_eq!(wave_by_cuts(&cuts, u64::MAX), 1);
+        assert!(wave_cuts(&[100], vec![1, 2, 3]).is_empty());
+    }
+
     proptest! {
         #[test]
-        fn waves_only_grow_and_never_move(id in 1i64..1000, ws in "[a-z0-9-]{1,20}") {
-            // A workstation in wave k under a plan is in wave <= k under any plan with larger shares.
-            let small = wave_of(&[5, 25, 100], id, &ws);
-            let large = wave_of(&[10, 50, 100], id, &ws);
-            prop_assert!(large <= small);
-            prop_assert_eq!(wave_of(&[5, 25, 100], id, &ws), small);
+        fn cut_waves_are_stable_and_ordered(ids in proptest::collection::vec("[a-z0-9-]{1,20}", 1..200), extra in "[a-z0-9-]{1,20}") {
+            let places: Vec<u64> = ids.iter().map(|ws| placement(3, ws)).collect();
+            let cuts = wave_cuts(&[5, 25, 100], places.clone());
+            prop_assert!(cuts.windows(2).all(|w| w[0] <= w[1]));
+            // A machine enrolled later is placed by the same cuts and moves no one else.
+            let again = wave_cuts(&[5, 25, 100], places.clone());
+            prop_assert_eq!(&cuts, &again);
+            prop_assert!(wave_by_cuts(&cuts, placement(3, &extra)) <= 2);
         }
 
         #[test]

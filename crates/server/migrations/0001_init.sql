@@ -124,6 +124,8 @@ CREATE TABLE rollouts (
     deadline_value TEXT,
     -- Waves: cumulative percents `5,25,100`; NULL means one wave of 100%.
     waves TEXT,
+    -- Placement boundaries between waves, fixed at creation (see upkeep_domain::wave_cuts).
+    wave_cuts TEXT,
     soak_ms BIGINT,
     max_failure_ppm BIGINT,
     min_sample BIGINT,

@@ -12,7 +12,8 @@ use axum::http::StatusCode;
 use semver::Version;
 use upkeep_domain::{
     self as domain, Approval, DeadlineRule, LocalDateTime, MaintenanceWindow, RolloutState, RolloutView, Targets,
-    WavePlan, WaveStats, WaveStep, WorkstationView, format_duration, next_wave_step, parse_duration, wave_of,
+    WavePlan, WaveStats, WaveStep, WorkstationView, format_duration, next_wave_step, parse_duration, placement,
+    wave_by_cuts, wave_cuts,
 };
 use upkeep_protocol::{self as proto, codes};
 
@@ -199,8 +200,9 @@ pub fn to_view(row: &RolloutRow) -> Option<RolloutView> {
         targets: domain_targets(&row.targets),
         starts_at: row.starts_at,
         waves: row
-            .percents()
-            .map(|p| (p, u32::try_from(row.opened_waves).unwrap_or(0))),
+            .waves
+            .as_ref()
+            .map(|_| (row.wave_cuts.clone(), u32::try_from(row.opened_waves).unwrap_or(0))),
         deadline: deadline_rule(row),
         allow_downgrade: row.allow_downgrade,
         window: row
@@ -503,8 +505,8 @@ pub async fn preview(
     let now = db::now_ms();
     let version = Version::parse(&create.version).map_err(|e| bad("version", e.to_string()))?;
     let percents: Vec<u32> = create.waves.as_ref().map_or_else(|| vec![100], |w| w.percents.clone());
-    // The real id is not known yet; waves are hashed with a stand-in, so per-wave counts are
-    // what the shares give, not the exact machines.
+    // The real id is not known yet; placements are hashed with a stand-in, so the per-wave
+    // counts are exact but which machines fall in which wave may differ.
     let stand_in = i64::MAX;
     let new = RolloutView {
         id: stand_in,
@@ -538,12 +540,18 @@ pub async fn preview(
     let mut waves = vec![0u64; percents.len()];
     let mut targeted = 0;
     let no_first_offers = BTreeMap::new();
-    for ws in &workstations {
-        if !new.targets.includes(&ws.id, &ws.groups) {
-            continue;
-        }
+    let in_target = |ws: &&proto::Workstation| new.targets.includes(&ws.id, &ws.groups);
+    let cuts = wave_cuts(
+        &percents,
+        workstations
+            .iter()
+            .filter(in_target)
+            .map(|ws| placement(stand_in, &ws.id))
+            .collect(),
+    );
+    for ws in workstations.iter().filter(in_target) {
         targeted += 1;
-        let wave = wave_of(&percents, stand_in, &ws.id) as usize;
+        let wave = wave_by_cuts(&cuts, placement(stand_in, &ws.id)) as usize;
         if let Some(n) = waves.get_mut(wave) {
             *n += 1;
         }

@@ -211,6 +211,11 @@ fn waves_open_in_order(world: &World) {
     assert_eq!(first["rollout"]["opened_waves"], 1);
     let waves = waves_by_workstation(&first);
     assert_eq!(waves.len(), 40);
+    let mut sizes = [0; 3];
+    for wave in waves.values() {
+        sizes[usize::try_from(*wave).expect("wave") - 1] += 1;
+    }
+    assert_eq!(sizes, [4, 16, 20], "10% / 50% / 100% of 40 machines");
 
     for opened in 1..=3u64 {
         wait_for(&format!("{opened} open waves"), 30, || {
@@ -271,7 +276,7 @@ fn failures_pause_the_rollout(world: &World) {
     );
     let waves = waves_by_workstation(&report(world, id));
     let first: Vec<&Device> = fleet.iter().filter(|d| waves[&d.id] == 1).collect();
-    assert!(first.len() >= 4, "wave 1 has {} workstations", first.len());
+    assert_eq!(first.len(), 15, "half of 30 machines");
     for device in &first {
         assert!(offered_version(&device.checkin(&api, &[])).is_some());
     }
@@ -570,6 +575,8 @@ fn ten_thousand_workstations_fall_into_their_waves() {
             "wave sizes {sizes:?}: {size} is more than 1 point from {share}%"
         );
     }
+    // The waves are cut over the fleet targeted at creation, so the shares are exact.
+    assert_eq!(sizes, [500, 2000, 7500]);
 }
 
 #[test]

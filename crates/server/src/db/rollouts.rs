@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use upkeep_domain::wave_of;
+use upkeep_domain::{placement, wave_by_cuts, wave_cuts};
 use upkeep_protocol as proto;
 
 use super::{Database, DbError, NewEvent, Result, format_time, insert_event, now_ms};
@@ -26,6 +26,8 @@ pub struct RolloutRow {
     pub deadline_value: Option<String>,
     /// Cumulative percents, `5,25,100`.
     pub waves: Option<String>,
+    /// Placement boundaries between the waves, fixed at creation.
+    pub wave_cuts: Vec<u64>,
     pub soak_ms: Option<i64>,
     pub max_failure_ppm: Option<i64>,
     pub min_sample: Option<i64>,
@@ -63,6 +65,7 @@ impl RolloutRow {
             deadline_kind: r.try_get("deadline_kind")?,
             deadline_value: r.try_get("deadline_value")?,
             waves: r.try_get("waves")?,
+            wave_cuts: parse_cuts(r.try_get::<Option<String>, _>("wave_cuts")?.as_deref()),
             soak_ms: r.try_get("soak_ms")?,
             max_failure_ppm: r.try_get("max_failure_ppm")?,
             min_sample: r.try_get("min_sample")?,
@@ -77,6 +80,11 @@ impl RolloutRow {
             created_at: r.try_get("created_at")?,
         })
     }
+}
+
+fn parse_cuts(text: Option<&str>) -> Vec<u64> {
+    text.map(|t| t.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn parse_percents(text: &str) -> Vec<u32> {
@@ -104,7 +112,7 @@ pub struct NewRollout<'a> {
 }
 
 const ROLLOUT_COLUMNS: &str = "o.id, o.release_id, p.name AS product, r.version, o.mandatory, o.target_all, o.state, o.state_reason, \
-     o.starts_at, o.deadline_kind, o.deadline_value, o.waves, o.soak_ms, o.max_failure_ppm, o.min_sample, o.opened_waves, \
+     o.starts_at, o.deadline_kind, o.deadline_value, o.waves, o.wave_cuts, o.soak_ms, o.max_failure_ppm, o.min_sample, o.opened_waves, \
      o.wave_opened_at, r.requires, o.allow_downgrade, o.maintenance_window, o.created_by, o.created_at, COALESCE(a.state, 'pending') AS approval";
 
 impl Database {
@@ -164,9 +172,24 @@ impl Database {
                 .await?;
             }
         }
-        let percents = waves.map(parse_percents);
+        // Cut the waves over the fleet targeted now, so each gets exactly its share.
+        let cuts = match waves.map(parse_percents) {
+            Some(percents) => {
+                let cuts = wave_cuts(&percents, targeted.iter().map(|(ws, _)| placement(id, ws)).collect());
+                let text = cuts.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                sqlx::query("UPDATE rollouts SET wave_cuts = $1 WHERE id = $2")
+                    .bind(text)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                Some(cuts)
+            }
+            None => None,
+        };
         for (workstation, from_version) in targeted {
-            let wave = percents.as_deref().map_or(0, |p| wave_of(p, id, workstation));
+            let wave = cuts
+                .as_deref()
+                .map_or(0, |c| wave_by_cuts(c, placement(id, workstation)));
             // A workstation that already has the version is done from the start.
             let status = if from_version.as_deref() == Some(new.version) {
                 "installed"
@@ -507,13 +530,16 @@ impl Database {
         rollout_id: i64,
         workstation_id: &str,
     ) -> Result<u32> {
-        let waves: Option<String> = sqlx::query("SELECT waves FROM rollouts WHERE id = $1")
+        let cuts: Option<String> = sqlx::query("SELECT wave_cuts FROM rollouts WHERE id = $1")
             .bind(rollout_id)
             .fetch_optional(&mut **tx)
             .await?
-            .map(|r| r.try_get("waves"))
+            .map(|r| r.try_get("wave_cuts"))
             .transpose()?
             .flatten();
-        Ok(waves.map_or(0, |w| wave_of(&parse_percents(&w), rollout_id, workstation_id)))
+        Ok(wave_by_cuts(
+            &parse_cuts(cuts.as_deref()),
+            placement(rollout_id, workstation_id),
+        ))
     }
 }

@@ -239,14 +239,19 @@ async fn story(url: &str) {
     let rows = db.rollout_workstations(ORG, rollout_id).await.expect("rows");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, proto::WorkstationStatus::Pending);
-    let expected_wave = upkeep_domain::wave_of(&[50, 100], rollout_id, "ws-1") + 1;
-    assert_eq!(rows[0].wave, expected_wave);
+    // Half of a one-machine fleet rounds up to that machine: the first wave is never empty.
+    assert_eq!(rows[0].wave, 1);
     let live = db.rollouts(ORG, None, true).await.expect("rollouts");
     assert_eq!(live.len(), 1);
     let row = &live[0];
     assert!(row.mandatory);
     assert_eq!(row.targets.groups, ["lab"]);
     assert_eq!(row.percents(), Some(vec![50, 100]));
+    assert_eq!(
+        row.wave_cuts,
+        [u64::MAX],
+        "the cut keeps the one machine in the first wave"
+    );
     assert_eq!(
         (row.soak_ms, row.max_failure_ppm, row.min_sample, row.opened_waves),
         (Some(60_000), Some(100_000), Some(3), 1)
