@@ -11,6 +11,7 @@ use upkeep_protocol as proto;
 
 use crate::client::{Client, TransportError};
 use crate::config::{self, show};
+use crate::offline;
 use crate::output::{Columns, Table, countdown, emit, emit_json, emit_while_read, or_dash, size, time, truncate};
 use crate::{
     Command, EnrollTokenCommand, EventsArgs, Hinted, KeysCommand, Kind, LoginArgs, NotifyCommand, NotifyGroupCommand,
@@ -44,18 +45,65 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Workstation(command) => workstation(command).await,
         Command::Events(args) => events(args).await,
         Command::Notify(NotifyCommand::Group(command)) => notify_group(command).await,
-        Command::Keys(KeysCommand::RotateRoot { json }) => {
-            let client = signed_in()?;
-            let answer: serde_json::Value = client.post(&["tuf", "rotate-root"], &serde_json::json!({})).await?;
-            if json {
-                return emit_json(&answer);
-            }
-            emit(&format!(
-                "Root key rotated: root version {} is signed by the old and the new key; agents follow it at their next check.",
-                answer["root_version"]
-            ))
-        }
+        Command::Keys(command) => keys(command).await,
     }
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let client = signed_in()?;
+    let (version, json, how) = match command {
+        KeysCommand::Init { keys, json } => {
+            let status = offline::status(&client).await?;
+            let dir = offline::keys_dir(keys, &status.organization)?;
+            let version = offline::init(&client, &dir).await?;
+            let how = format!(
+                "Offline signing is on: the root and targets keys are in {} (back that folder up and keep it off the server).\n\
+                 Root version {version} names them; approve releases from here with: upkeep release approve PRODUCT VERSION --keys {}",
+                dir.display(),
+                dir.display()
+            );
+            (version, json, how)
+        }
+        KeysCommand::RotateRoot { keys, json } => {
+            let status = offline::status(&client).await?;
+            let version = if status.mode == "offline" {
+                let dir = offline::keys_dir(keys, &status.organization)?;
+                offline::rotate_root(&client, &dir, &status).await?
+            } else {
+                let answer: serde_json::Value = client.post(&["tuf", "rotate-root"], &serde_json::json!({})).await?;
+                answer["root_version"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("the server did not say which root version it stored"))?
+            };
+            let how = format!(
+                "Root key rotated: root version {version} is signed by the old and the new key; agents follow it at their next check."
+            );
+            (version, json, how)
+        }
+    };
+    if json {
+        return emit_json(&serde_json::json!({ "root_version": version }));
+    }
+    emit(&how)
+}
+
+/// The targets metadata to send with an approval decision: signed here in offline mode, none in
+/// hosted mode (the server signs).
+async fn decision_targets(
+    client: &Client,
+    keys: Option<std::path::PathBuf>,
+    product: &str,
+    version: &str,
+    approve: bool,
+) -> anyhow::Result<Option<String>> {
+    let status = offline::status(client).await?;
+    if status.mode != "offline" {
+        return Ok(None);
+    }
+    let dir = offline::keys_dir(keys, &status.organization)?;
+    offline::sign_decision(client, &dir, &status, product, version, approve)
+        .await
+        .map(Some)
 }
 
 /// A client for the server and token from the environment or the saved sign-in.
@@ -283,11 +331,17 @@ async fn release(command: ReleaseCommand) -> anyhow::Result<()> {
     let client = signed_in()?;
     match command {
         ReleaseCommand::Upload(args) => release_upload(&client, args).await,
-        ReleaseCommand::Approve { product, version, json } => {
+        ReleaseCommand::Approve {
+            product,
+            version,
+            keys,
+            json,
+        } => {
+            let targets = decision_targets(&client, keys, &product, &version, true).await?;
             let release: proto::Release = client
                 .post(
                     &["products", &product, "releases", &version, "approve"],
-                    &proto::ApprovalRequest::default(),
+                    &proto::ApprovalRequest { reason: None, targets },
                 )
                 .await?;
             if json {
@@ -302,12 +356,14 @@ async fn release(command: ReleaseCommand) -> anyhow::Result<()> {
             product,
             version,
             reason,
+            keys,
             json,
         } => {
+            let targets = decision_targets(&client, keys, &product, &version, false).await?;
             let release: proto::Release = client
                 .post(
                     &["products", &product, "releases", &version, "disapprove"],
-                    &proto::ApprovalRequest { reason },
+                    &proto::ApprovalRequest { reason, targets },
                 )
                 .await?;
             if json {

@@ -15,6 +15,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 mod client;
 mod commands;
 mod config;
+mod offline;
 mod output;
 mod upload;
 
@@ -83,8 +84,21 @@ struct LoginArgs {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
+    /// Move the organization's root and targets keys off the server into a folder on this
+    /// machine (offline mode): from then on only this machine can approve releases.
+    Init {
+        /// Where to keep the keys [default: <config>/keys/<organization>].
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace the root key: the new root is signed by the old and the new key, so agents follow.
+    /// Offline, this runs here with the keys in --keys DIR; hosted, on the server.
     RotateRoot {
+        /// Where `upkeep keys init` put the keys (offline mode).
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -166,6 +180,9 @@ enum ReleaseCommand {
         product: String,
         /// The release's version.
         version: String,
+        /// Offline mode: where `upkeep keys init` put the keys [default: <config>/keys/<organization>].
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
         /// Print the server's JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -180,6 +197,9 @@ enum ReleaseCommand {
         /// Why, for the audit log and the release list.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        /// Offline mode: where `upkeep keys init` put the keys [default: <config>/keys/<organization>].
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
         /// Print the server's JSON instead of text.
         #[arg(long)]
         json: bool,

@@ -28,3 +28,9 @@ pub const INVALID_TOKEN: &str = "invalid_token";
 pub const RANGE_NOT_SATISFIABLE: &str = "range_not_satisfiable";
 pub const INVALID_STATE: &str = "invalid_state";
 pub const INTERNAL: &str = "internal";
+/// Offline mode: the approval must carry targets metadata signed on the administrator's machine.
+pub const SIGNATURE_REQUIRED: &str = "signature_required";
+/// Uploaded TUF metadata is not signed to threshold by the keys the current root names.
+pub const BAD_SIGNATURE: &str = "bad_signature";
+/// Uploaded TUF metadata is well signed but says something else than it must (version, targets).
+pub const TUF_MISMATCH: &str = "tuf_mismatch";

@@ -154,6 +154,34 @@ pub struct Release {
 pub struct ApprovalRequest {
     #[serde(default)]
     pub reason: Option<String>,
+    /// Offline mode: the organization's new targets metadata, signed on the administrator's
+    /// machine, listing the approved releases after this decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<String>,
+}
+
+/// `GET /api/v1/tuf`: the organization's image repository as the server holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TufStatus {
+    pub organization: String,
+    /// `hosted` (the server signs targets) or `offline` (an administrator does).
+    pub mode: String,
+    /// The current root.json.
+    pub root: String,
+    /// The current targets.json, if any has been signed yet.
+    #[serde(default)]
+    pub targets: Option<String>,
+    /// The server's online public keys (TUF key objects): `snapshot`, `timestamp`, `director`.
+    pub online_keys: BTreeMap<String, serde_json::Value>,
+}
+
+/// `POST /api/v1/tuf/root`: the next root, and the current targets re-signed under it when it
+/// names a new targets key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TufRootUpload {
+    pub root: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -52,6 +52,8 @@ pub fn routes() -> Router<AppState> {
             "/notification-groups",
             get(list_notification_groups).post(create_notification_group),
         )
+        .route("/tuf", get(tuf_status))
+        .route("/tuf/root", post(upload_root))
         .route("/tuf/rotate-root", post(rotate_root))
 }
 
@@ -502,9 +504,10 @@ async fn set_approval(
     product: &str,
     version: &str,
     approval: proto::ApprovalState,
-    reason: Option<&str>,
+    request: &proto::ApprovalRequest,
 ) -> ApiResult<Json<proto::Release>> {
     admin.require_admin()?;
+    let reason = request.reason.as_deref();
     parse_version(version)?;
     if reason.is_some_and(|r| r.len() > 4096) {
         return Err(ApiError::bad_request(
@@ -521,6 +524,41 @@ async fn set_approval(
             format!("{product} has no version {version}"),
         )
     })?;
+    // Offline mode: the decision carries the targets metadata the administrator signed, and is
+    // refused unless it is signed by the targets key the root names and lists exactly the
+    // approved releases after this decision.
+    let hosted = crate::tuf::hosted(state, admin.organization_id)
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading the TUF repository: {e}")))?;
+    match (hosted, request.targets.as_deref()) {
+        (true, None) => {}
+        (true, Some(_)) => {
+            return Err(ApiError::client(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                codes::TUF_MISMATCH,
+                Some("targets"),
+                "this organization's targets are signed by the server (hosted mode); approve without signed targets",
+            ));
+        }
+        (false, None) => {
+            return Err(ApiError::client(
+                StatusCode::CONFLICT,
+                codes::SIGNATURE_REQUIRED,
+                Some("targets"),
+                "this organization signs approvals offline: the decision must carry targets metadata signed with its targets key",
+            )
+            .with_hint("run `upkeep release approve|disapprove ... --keys DIR` where the keys from `upkeep keys init` are kept"));
+        }
+        (false, Some(json)) => {
+            let approve = approval == proto::ApprovalState::Approved;
+            let expected = crate::tuf::expected_entries(state, admin.organization_id, release_id, approve)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            crate::tuf::accept_targets(state, admin.organization_id, json, &expected)
+                .await
+                .map_err(|e| tuf_upload_error("targets", e))?;
+        }
+    }
     let kind = match approval {
         proto::ApprovalState::Approved => "release.approved",
         proto::ApprovalState::Disapproved => "release.disapproved",
@@ -544,7 +582,7 @@ async fn set_approval(
         )
         .await?;
     // Approving is signing: the organization's TUF targets metadata follows every decision.
-    crate::tuf::publish(state, admin.organization_id)
+    crate::tuf::publish(state, admin.organization_id, request.targets.as_deref())
         .await
         .map_err(|e| ApiError::Internal(format!("publishing TUF metadata: {e}")))?;
     let releases = state.db.list_releases(admin.organization_id, pid, product).await?;
@@ -583,7 +621,7 @@ async fn approve(
         &product,
         &version,
         proto::ApprovalState::Approved,
-        request.reason.as_deref(),
+        &request,
     )
     .await
 }
@@ -601,7 +639,7 @@ async fn disapprove(
         &product,
         &version,
         proto::ApprovalState::Disapproved,
-        request.reason.as_deref(),
+        &request,
     )
     .await
 }
@@ -1012,13 +1050,62 @@ async fn create_notification_group(
     Ok((StatusCode::CREATED, Json(group)))
 }
 
+/// Uploaded TUF metadata that is refused is the client's fault, with the field named.
+fn tuf_upload_error(field: &'static str, e: crate::tuf::TufError) -> ApiError {
+    use crate::tuf::TufError;
+    let (status, code) = match &e {
+        TufError::Verify(_) => (StatusCode::UNPROCESSABLE_ENTITY, codes::BAD_SIGNATURE),
+        TufError::Mismatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, codes::TUF_MISMATCH),
+        TufError::Metadata(_) => (StatusCode::BAD_REQUEST, codes::INVALID_FIELD),
+        TufError::Key(_) => return ApiError::Internal(e.to_string()),
+    };
+    ApiError::client(status, code, Some(field), e.to_string())
+}
+
+/// `GET /tuf`: the organization's repository mode, current root and targets, and online keys.
+async fn tuf_status(State(state): State<AppState>, admin: Admin) -> ApiResult<Json<proto::TufStatus>> {
+    let organization = state.db.organization_name(admin.organization_id).await?;
+    crate::tuf::status(&state, admin.organization_id, &organization)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::Internal(format!("reading the TUF repository: {e}")))
+}
+
+/// `POST /tuf/root`: the next root (and the targets re-signed under it), signed offline.
+async fn upload_root(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiJson(upload): ApiJson<proto::TufRootUpload>,
+) -> ApiResult<Json<serde_json::Value>> {
+    admin.require_admin()?;
+    let version = crate::tuf::replace_root(&state, admin.organization_id, &upload.root, upload.targets.as_deref())
+        .await
+        .map_err(|e| tuf_upload_error("root", e))?;
+    state
+        .db
+        .record_event(
+            admin.organization_id,
+            &NewEvent {
+                kind: "tuf.root_replaced",
+                actor: &admin.user,
+                details: Some(serde_json::json!({ "root_version": version })),
+                ..NewEvent::default()
+            },
+        )
+        .await?;
+    Ok(Json(serde_json::json!({ "root_version": version })))
+}
+
 /// `POST /tuf/rotate-root` (hosted mode): a new root key, announced in a root signed by the old and
 /// the new key.
 async fn rotate_root(State(state): State<AppState>, admin: Admin) -> ApiResult<Json<serde_json::Value>> {
     admin.require_admin()?;
     let version = crate::tuf::rotate_root(&state, admin.organization_id)
         .await
-        .map_err(|e| ApiError::Internal(format!("rotating the TUF root: {e}")))?;
+        .map_err(|e| match e {
+            crate::tuf::TufError::Key(message) => ApiError::conflict(codes::SIGNATURE_REQUIRED, None, message),
+            other => ApiError::Internal(format!("rotating the TUF root: {other}")),
+        })?;
     state
         .db
         .record_event(

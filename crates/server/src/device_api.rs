@@ -103,22 +103,10 @@ async fn enroll(
     ))
 }
 
-/// The organization's current root.json, publishing the repository first if it has none yet.
 async fn current_tuf_root(state: &AppState, organization_id: i64) -> ApiResult<String> {
-    let version = match state.db.tuf_versions(organization_id).await?.get("root") {
-        Some((version, _)) => *version,
-        None => {
-            crate::tuf::publish(state, organization_id)
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            1
-        }
-    };
-    state
-        .db
-        .tuf_file(organization_id, &format!("{version}.root.json"))
-        .await?
-        .ok_or_else(|| ApiError::Internal("the TUF root is missing".into()))
+    crate::tuf::current_root(state, organization_id)
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading the TUF root: {e}")))
 }
 
 fn invalid_enroll_token() -> ApiError {

@@ -1,256 +1,156 @@
-//! TUF image-repository metadata, built and signed with `tough`: root, targets, snapshot and
-//! timestamp, consistent snapshots, Ed25519 keys, `expires` in whole seconds, sha256 only, flat
-//! target names (`<product>_<version>_<platform>.<ext>`) so stock clients and tough agree on the
-//! consistent-snapshot URLs.
+//! Each organization's TUF image repository: root, targets, snapshot and timestamp with consistent
+//! snapshots, flat target names (`<product>_<version>_<platform>.<ext>`), built with `upkeep-tuf`.
 //!
-//! [`publish`] rebuilds an organization's repository from its approved releases (hosted mode: the
-//! server holds the four keys in its data folder) whenever an approval changes, and the ticker
-//! re-signs it before the timestamp expires. [`routes`] serves it at `/tuf/<organization>/metadata/…`
-//! and `/tuf/<organization>/targets/<sha256>.<name>`. Role versions live in the database and only
-//! ever increase: `tough` keeps none.
+//! Two modes. *Hosted*: the server holds all keys in `<data>/tuf-keys/<organization>/` and
+//! [`publish`] re-signs targets from the approved releases whenever an approval changes.
+//! *Offline*: `upkeep keys init` moved the root and targets keys to the administrator's machine; the
+//! server keeps only the online keys (snapshot, timestamp, director), stores the targets metadata
+//! the administrator uploads with each approval after checking its signatures ([`accept_targets`]),
+//! and never writes targets itself. Either way the ticker re-signs snapshot and timestamp before
+//! they expire. Role versions live in the database and only ever increase.
 
-use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::Ed25519KeyPair;
-use tough::editor::RepositoryEditor;
-use tough::editor::signed::SignedRole;
-use tough::key_source::KeySource;
-use tough::schema::decoded::{Decoded, Hex};
-use tough::schema::{Hashes, KeyHolder, RoleKeys, RoleType, Root, Target};
-use tough::sign::{Sign, parse_keypair};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use upkeep_tuf::schema::{RoleType, Root, Signed, Targets};
+use upkeep_tuf::{OnlineVersions, RootKeys, TargetEntry};
 
-#[derive(Debug, thiserror::Error)]
-pub enum TufError {
-    #[error("TUF key: {0}")]
-    Key(String),
-    #[error("TUF metadata: {0}")]
-    Metadata(String),
-    #[error("TUF metadata files: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-fn meta(e: impl std::fmt::Display) -> TufError {
-    TufError::Metadata(e.to_string())
-}
-
-/// The four top-level keys, as PKCS#8 documents (hosted mode keeps them in the data folder).
-#[derive(Clone)]
-pub struct RepoKeys {
-    pub root: Vec<u8>,
-    pub targets: Vec<u8>,
-    pub snapshot: Vec<u8>,
-    pub timestamp: Vec<u8>,
-}
-
-impl RepoKeys {
-    pub fn generate() -> Result<Self, TufError> {
-        let rng = SystemRandom::new();
-        let one = || {
-            Ed25519KeyPair::generate_pkcs8(&rng)
-                .map(|doc| doc.as_ref().to_vec())
-                .map_err(|e| TufError::Key(e.to_string()))
-        };
-        Ok(RepoKeys {
-            root: one()?,
-            targets: one()?,
-            snapshot: one()?,
-            timestamp: one()?,
-        })
-    }
-}
-
-/// A key held in memory, for `tough`'s signing.
-#[derive(Debug)]
-struct MemoryKey(Vec<u8>);
-
-#[tough::async_trait]
-impl KeySource for MemoryKey {
-    async fn as_sign(&self) -> Result<Box<dyn Sign>, Box<dyn std::error::Error + Send + Sync + 'static>> {
-        Ok(Box::new(parse_keypair(&self.0)?))
-    }
-
-    async fn write(
-        &self,
-        _value: &str,
-        _key_id_hex: &str,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        Err("in-memory TUF keys are not written back".into())
-    }
-}
-
-/// TUF wants whole seconds (python-tuf parses `expires` without fractions).
-pub fn whole_seconds(at: jiff::Timestamp) -> jiff::Timestamp {
-    jiff::Timestamp::from_second(at.as_second()).unwrap_or(at)
-}
-
-fn key_of(pkcs8: &[u8]) -> Result<(Decoded<Hex>, tough::schema::key::Key), TufError> {
-    let key = parse_keypair(pkcs8)
-        .map_err(|e| TufError::Key(e.to_string()))?
-        .tuf_key();
-    let id = key.key_id().map_err(|e| TufError::Key(e.to_string()))?;
-    Ok((id, key))
-}
-
-/// A signed `root.json` listing one key per role, threshold 1.
-pub async fn root(keys: &RepoKeys, version: NonZeroU64, expires: jiff::Timestamp) -> Result<Vec<u8>, TufError> {
-    let mut all = HashMap::new();
-    let mut roles = HashMap::new();
-    for (role, pkcs8) in [
-        (RoleType::Root, &keys.root),
-        (RoleType::Targets, &keys.targets),
-        (RoleType::Snapshot, &keys.snapshot),
-        (RoleType::Timestamp, &keys.timestamp),
-    ] {
-        let (id, key) = key_of(pkcs8)?;
-        all.insert(id.clone(), key);
-        roles.insert(
-            role,
-            RoleKeys {
-                keyids: vec![id],
-                threshold: NonZeroU64::MIN,
-                _extra: HashMap::new(),
-            },
-        );
-    }
-    let root = Root {
-        spec_version: "1.0.0".into(),
-        consistent_snapshot: true,
-        version,
-        expires: whole_seconds(expires),
-        keys: all,
-        roles,
-        _extra: HashMap::new(),
-    };
-    let signer: Vec<Box<dyn KeySource>> = vec![Box::new(MemoryKey(keys.root.clone()))];
-    let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &signer, &SystemRandom::new())
-        .await
-        .map_err(meta)?;
-    Ok(signed.buffer().clone())
-}
-
-/// One approved artifact, by its flat target name.
-#[derive(Debug, Clone)]
-pub struct TargetEntry {
-    pub name: String,
-    pub sha256: String,
-    pub length: u64,
-    /// Shown to clients as `custom` (product, version, platform).
-    pub custom: HashMap<String, serde_json::Value>,
-}
-
-/// Versions and expiry for targets, snapshot and timestamp.
-#[derive(Debug, Clone, Copy)]
-pub struct RoleVersions {
-    pub targets: NonZeroU64,
-    pub snapshot: NonZeroU64,
-    pub timestamp: NonZeroU64,
-    pub targets_expires: jiff::Timestamp,
-    pub snapshot_expires: jiff::Timestamp,
-    pub timestamp_expires: jiff::Timestamp,
-}
-
-/// The signed metadata files of a repository, by the file name clients fetch
-/// (`N.root.json`, `V.targets.json`, `V.snapshot.json`, `timestamp.json`).
-pub async fn sign_repository(
-    root_json: &[u8],
-    keys: &RepoKeys,
-    targets: &[TargetEntry],
-    versions: RoleVersions,
-) -> Result<Vec<(String, Vec<u8>)>, TufError> {
-    // tough's editor starts from a root file.
-    let work = tempfile::tempdir()?;
-    let root_path = work.path().join("root.json");
-    std::fs::write(&root_path, root_json)?;
-    let mut editor = RepositoryEditor::new(&root_path).await.map_err(meta)?;
-    for entry in targets {
-        let sha = hex::decode(&entry.sha256).map_err(meta)?;
-        let target = Target {
-            length: entry.length,
-            hashes: Hashes {
-                sha256: Decoded::from(sha),
-                _extra: HashMap::new(),
-            },
-            custom: entry.custom.clone(),
-            _extra: HashMap::new(),
-        };
-        editor.add_target(entry.name.clone(), target).map_err(meta)?;
-    }
-    editor
-        .targets_version(versions.targets)
-        .map_err(meta)?
-        .targets_expires(whole_seconds(versions.targets_expires))
-        .map_err(meta)?
-        .snapshot_version(versions.snapshot)
-        .snapshot_expires(whole_seconds(versions.snapshot_expires))
-        .timestamp_version(versions.timestamp)
-        .timestamp_expires(whole_seconds(versions.timestamp_expires));
-    let signers: Vec<Box<dyn KeySource>> = vec![
-        Box::new(MemoryKey(keys.targets.clone())),
-        Box::new(MemoryKey(keys.snapshot.clone())),
-        Box::new(MemoryKey(keys.timestamp.clone())),
-    ];
-    let signed = editor.sign(&signers).await.map_err(meta)?;
-    let out = work.path().join("metadata");
-    signed.write(&out).await.map_err(meta)?;
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&out)? {
-        let entry = entry?;
-        files.push((
-            entry.file_name().to_string_lossy().into_owned(),
-            std::fs::read(entry.path())?,
-        ));
-    }
-    files.sort();
-    Ok(files)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Publishing and serving
-// ---------------------------------------------------------------------------------------------
+pub use upkeep_tuf::TufError;
 
 /// How long each role's metadata is valid.
 const ROOT_LIFETIME_H: i64 = 24 * 365;
 const TARGETS_LIFETIME_H: i64 = 24 * 90;
 const SNAPSHOT_LIFETIME_H: i64 = 24 * 7;
 
+fn meta(e: impl std::fmt::Display) -> TufError {
+    TufError::Metadata(e.to_string())
+}
+
+fn db_err(e: crate::db::DbError) -> TufError {
+    TufError::Metadata(e.to_string())
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> TufError {
+    TufError::Key(format!("{what} {}: {e}", path.display()))
+}
+
+/// The keys the server holds for one organization; `root` and `targets` are `None` in offline mode.
+pub struct ServerKeys {
+    dir: PathBuf,
+    pub root: Option<Vec<u8>>,
+    pub targets: Option<Vec<u8>>,
+    pub snapshot: Vec<u8>,
+    pub timestamp: Vec<u8>,
+    pub director: Vec<u8>,
+}
+
+const ROLES: [&str; 5] = ["root", "targets", "snapshot", "timestamp", "director"];
+
+impl ServerKeys {
+    /// Loads the organization's keys, creating all five on first use.
+    pub fn load(dir: &Path) -> Result<Self, TufError> {
+        let path = |role: &str| dir.join(format!("{role}.pk8"));
+        let read = |role: &str| -> Result<Option<Vec<u8>>, TufError> {
+            match std::fs::read_to_string(path(role)) {
+                Ok(text) => STANDARD
+                    .decode(text.trim())
+                    .map(Some)
+                    .map_err(|e| TufError::Key(format!("{role} key: {e}"))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io("reading", &path(role), e)),
+            }
+        };
+        // The director key is written last: its presence means the set is complete.
+        if path("director").exists() {
+            let need = |role: &str| read(role)?.ok_or_else(|| TufError::Key(format!("the {role} key is missing")));
+            return Ok(ServerKeys {
+                dir: dir.to_owned(),
+                root: read("root")?,
+                targets: read("targets")?,
+                snapshot: need("snapshot")?,
+                timestamp: need("timestamp")?,
+                director: need("director")?,
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+        let mut keys = Vec::new();
+        for role in ROLES {
+            let key = upkeep_tuf::generate_key()?;
+            // A set cut short earlier is replaced whole.
+            let _ = std::fs::remove_file(path(role));
+            crate::signing::write_private(&path(role), STANDARD.encode(&key).as_bytes())
+                .map_err(|e| io("writing", &path(role), e))?;
+            keys.push(key);
+        }
+        let [root, targets, snapshot, timestamp, director] =
+            <[Vec<u8>; 5]>::try_from(keys).map_err(|_| TufError::Key("key set".into()))?;
+        Ok(ServerKeys {
+            dir: dir.to_owned(),
+            root: Some(root),
+            targets: Some(targets),
+            snapshot,
+            timestamp,
+            director,
+        })
+    }
+
+    fn public(pkcs8: &[u8]) -> Result<upkeep_tuf::schema::key::Key, TufError> {
+        Ok(upkeep_tuf::public_key(pkcs8)?.1)
+    }
+
+    /// The public online keys, as an administrator's root must name them.
+    pub fn online_public(&self) -> Result<[(RoleType, upkeep_tuf::schema::key::Key); 2], TufError> {
+        Ok([
+            (RoleType::Snapshot, Self::public(&self.snapshot)?),
+            (RoleType::Timestamp, Self::public(&self.timestamp)?),
+        ])
+    }
+
+    pub fn director_public(&self) -> Result<upkeep_tuf::schema::key::Key, TufError> {
+        Self::public(&self.director)
+    }
+
+    /// Forgets a private key the current root no longer trusts the server with.
+    fn retire(&mut self, role: &str) -> Result<(), TufError> {
+        let path = self.dir.join(format!("{role}.pk8"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing", &path, e)),
+        }
+        match role {
+            "root" => self.root = None,
+            "targets" => self.targets = None,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+pub fn keys_dir(state: &crate::AppState, organization_id: i64) -> PathBuf {
+    state.settings.tuf_keys_dir.join(organization_id.to_string())
+}
+
 /// The flat target name of an artifact: `<product>_<version>_<platform>.<ext>`.
 pub fn target_name(a: &crate::db::ApprovedArtifact) -> String {
     upkeep_protocol::tuf_target_name(&a.product, &a.version, &a.platform, &a.format, &a.filename)
 }
 
-/// Loads the organization's hosted keys, creating them on first use.
-pub fn hosted_keys(dir: &std::path::Path) -> Result<RepoKeys, TufError> {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    let path = |role: &str| dir.join(format!("{role}.pk8"));
-    if path("root").exists() {
-        let read = |role: &str| -> Result<Vec<u8>, TufError> {
-            let text = std::fs::read_to_string(path(role))?;
-            STANDARD
-                .decode(text.trim())
-                .map_err(|e| TufError::Key(format!("{role} key: {e}")))
-        };
-        return Ok(RepoKeys {
-            root: read("root")?,
-            targets: read("targets")?,
-            snapshot: read("snapshot")?,
-            timestamp: read("timestamp")?,
-        });
+fn entry(a: &crate::db::ApprovedArtifact) -> TargetEntry {
+    TargetEntry {
+        name: target_name(a),
+        sha256: a.sha256.clone(),
+        length: a.size,
+        custom: [
+            ("product".to_owned(), serde_json::json!(a.product)),
+            ("version".to_owned(), serde_json::json!(a.version)),
+            ("platform".to_owned(), serde_json::json!(a.platform)),
+        ]
+        .into_iter()
+        .collect(),
     }
-    let keys = RepoKeys::generate()?;
-    std::fs::create_dir_all(dir)?;
-    for (role, key) in [
-        ("targets", &keys.targets),
-        ("snapshot", &keys.snapshot),
-        ("timestamp", &keys.timestamp),
-        ("root", &keys.root),
-    ] {
-        // Root last: its presence means the set is complete.
-        crate::signing::write_private(&path(role), STANDARD.encode(key).as_bytes())?;
-    }
-    Ok(keys)
 }
 
 fn timestamp_lifetime(state: &crate::AppState) -> jiff::SignedDuration {
@@ -258,96 +158,224 @@ fn timestamp_lifetime(state: &crate::AppState) -> jiff::SignedDuration {
         .unwrap_or(jiff::SignedDuration::from_hours(24))
 }
 
-/// Rebuilds and re-signs the organization's repository from its approved releases.
-pub async fn publish(state: &crate::AppState, organization_id: i64) -> Result<(), TufError> {
-    let db_err = |e: crate::db::DbError| TufError::Metadata(e.to_string());
-    let keys = hosted_keys(&state.settings.tuf_keys_dir.join(organization_id.to_string()))?;
+fn hours_from_now(h: i64) -> jiff::Timestamp {
+    upkeep_tuf::whole_seconds(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(h))
+}
+
+fn nonzero(v: i64) -> Result<NonZeroU64, TufError> {
+    u64::try_from(v)
+        .ok()
+        .and_then(NonZeroU64::new)
+        .ok_or_else(|| meta("role version out of range"))
+}
+
+fn as_i64(v: NonZeroU64) -> i64 {
+    i64::try_from(v.get()).unwrap_or(i64::MAX)
+}
+
+type Versions = std::collections::BTreeMap<String, (i64, i64)>;
+
+/// The organization's repository as stored now.
+pub struct Current {
+    pub versions: Versions,
+    pub root_json: String,
+    pub root: Root,
+    /// `None` before the first publish of targets.
+    pub targets_json: Option<String>,
+}
+
+impl Current {
+    pub fn version(&self, role: &str) -> i64 {
+        self.versions.get(role).map_or(0, |(v, _)| *v)
+    }
+
+    /// Whether the server may sign targets (hosted mode).
+    pub fn hosted(&self, keys: &ServerKeys) -> bool {
+        let listed = upkeep_tuf::role_key(&self.root, RoleType::Targets).ok();
+        match (&keys.targets, listed) {
+            (Some(own), Some((id, _))) => upkeep_tuf::public_key(own).is_ok_and(|(own_id, _)| own_id == id),
+            _ => false,
+        }
+    }
+}
+
+/// Loads the current repository, creating root 1 (hosted mode) if the organization has none.
+pub async fn current(state: &crate::AppState, organization_id: i64, keys: &ServerKeys) -> Result<Current, TufError> {
+    loop {
+        let versions = state.db.tuf_versions(organization_id).await.map_err(db_err)?;
+        if let Some((version, _)) = versions.get("root") {
+            let file = |name: String| async move { state.db.tuf_file(organization_id, &name).await.map_err(db_err) };
+            let root_json = file(format!("{version}.root.json"))
+                .await?
+                .ok_or_else(|| meta("the current root.json is missing"))?;
+            let root = upkeep_tuf::parse::<Root>("root.json", &root_json)?.signed;
+            let targets_json = match versions.get("targets") {
+                Some((v, _)) => file(format!("{v}.targets.json")).await?,
+                None => None,
+            };
+            return Ok(Current {
+                versions,
+                root_json,
+                root,
+                targets_json,
+            });
+        }
+        let root_key = keys
+            .root
+            .as_deref()
+            .ok_or_else(|| TufError::Key("no root yet and no root key to make one".into()))?;
+        let all = RootKeys {
+            root: ServerKeys::public(root_key)?,
+            targets: ServerKeys::public(
+                keys.targets
+                    .as_deref()
+                    .ok_or_else(|| TufError::Key("targets key".into()))?,
+            )?,
+            snapshot: ServerKeys::public(&keys.snapshot)?,
+            timestamp: ServerKeys::public(&keys.timestamp)?,
+            director: keys.director_public()?,
+        };
+        let expires = hours_from_now(ROOT_LIFETIME_H);
+        let root = upkeep_tuf::root_metadata(&all, NonZeroU64::MIN, expires)?;
+        let json = upkeep_tuf::to_json(&upkeep_tuf::sign(root.clone(), &root, &[root_key]).await?)?;
+        let mut next = Versions::new();
+        next.insert("root".into(), (1, expires.as_millisecond()));
+        // Losing the race to another process is fine: loop and read its root.
+        state
+            .db
+            .store_tuf(organization_id, &versions, &next, &[("1.root.json".into(), json)])
+            .await
+            .map_err(db_err)?;
+    }
+}
+
+/// The organization's current root.json, publishing the repository first if it has none yet.
+pub async fn current_root(state: &crate::AppState, organization_id: i64) -> Result<String, TufError> {
+    let versions = state.db.tuf_versions(organization_id).await.map_err(db_err)?;
+    if !versions.contains_key("timestamp") {
+        publish(state, organization_id, None).await?;
+    }
+    let keys = ServerKeys::load(&keys_dir(state, organization_id))?;
+    Ok(current(state, organization_id, &keys).await?.root_json)
+}
+
+/// Whether the server signs this organization's targets itself (hosted mode).
+pub async fn hosted(state: &crate::AppState, organization_id: i64) -> Result<bool, TufError> {
+    let keys = ServerKeys::load(&keys_dir(state, organization_id))?;
+    Ok(current(state, organization_id, &keys).await?.hosted(&keys))
+}
+
+/// What `GET /api/v1/tuf` shows.
+pub async fn status(
+    state: &crate::AppState,
+    organization_id: i64,
+    organization: &str,
+) -> Result<upkeep_protocol::TufStatus, TufError> {
+    let keys = ServerKeys::load(&keys_dir(state, organization_id))?;
+    let now = current(state, organization_id, &keys).await?;
+    let mut online_keys = std::collections::BTreeMap::new();
+    for (role, key) in keys.online_public()? {
+        online_keys.insert(role.to_string(), serde_json::to_value(key).map_err(meta)?);
+    }
+    online_keys.insert(
+        "director".into(),
+        serde_json::to_value(keys.director_public()?).map_err(meta)?,
+    );
+    Ok(upkeep_protocol::TufStatus {
+        organization: organization.to_owned(),
+        mode: if now.hosted(&keys) { "hosted" } else { "offline" }.into(),
+        root: now.root_json,
+        targets: now.targets_json,
+        online_keys,
+    })
+}
+
+/// Re-signs the repository. In hosted mode the targets are rebuilt from the approved releases;
+/// `uploaded` (offline mode, already checked by [`accept_targets`]) replaces them; otherwise the
+/// stored targets stay and only snapshot and timestamp are renewed.
+pub async fn publish(state: &crate::AppState, organization_id: i64, uploaded: Option<&str>) -> Result<(), TufError> {
+    let keys = ServerKeys::load(&keys_dir(state, organization_id))?;
     // Two processes may publish at once: the loser starts again from the winner's versions.
     for _ in 0..5 {
-        let current = state.db.tuf_versions(organization_id).await.map_err(db_err)?;
-        let now = jiff::Timestamp::now();
-        let hours = |h: i64| whole_seconds(now + jiff::SignedDuration::from_hours(h));
+        let now = current(state, organization_id, &keys).await?;
+        let mut next = now.versions.clone();
         let mut files: Vec<(String, String)> = Vec::new();
-        let mut next = current.clone();
-        let root_json = match current.get("root") {
-            Some((version, _)) => state
-                .db
-                .tuf_file(organization_id, &format!("{version}.root.json"))
-                .await
-                .map_err(db_err)?
-                .ok_or_else(|| TufError::Metadata("the current root.json is missing".into()))?
-                .into_bytes(),
-            None => {
-                let expires = hours(ROOT_LIFETIME_H);
-                let json = root(&keys, NonZeroU64::MIN, expires).await?;
-                files.push(("1.root.json".into(), String::from_utf8_lossy(&json).into_owned()));
-                next.insert("root".into(), (1, expires.as_millisecond()));
+        let bump = |role: &str| nonzero(now.version(role) + 1);
+        let targets_json = match (uploaded, now.hosted(&keys), &keys.targets) {
+            (Some(json), _, _) => {
+                let targets = upkeep_tuf::parse::<Targets>("targets.json", json)?;
+                let version = targets.signed.version;
+                if as_i64(version) <= now.version("targets") {
+                    return Err(TufError::Mismatch(format!(
+                        "targets version {version} is not above the current {}",
+                        now.version("targets")
+                    )));
+                }
+                next.insert(
+                    "targets".into(),
+                    (as_i64(version), targets.signed.expires.as_millisecond()),
+                );
+                files.push((format!("{version}.targets.json"), json.to_owned()));
+                json.to_owned()
+            }
+            (None, true, Some(targets_key)) => {
+                let entries: Vec<TargetEntry> = state
+                    .db
+                    .approved_artifacts(organization_id)
+                    .await
+                    .map_err(db_err)?
+                    .iter()
+                    .map(entry)
+                    .collect();
+                let version = bump("targets")?;
+                let expires = hours_from_now(TARGETS_LIFETIME_H);
+                let targets = upkeep_tuf::targets_metadata(&entries, version, expires)?;
+                let json = upkeep_tuf::to_json(&upkeep_tuf::sign(targets, &now.root, &[targets_key]).await?)?;
+                next.insert("targets".into(), (as_i64(version), expires.as_millisecond()));
+                files.push((format!("{version}.targets.json"), json.clone()));
                 json
             }
+            (None, _, _) => match &now.targets_json {
+                Some(json) => json.clone(),
+                // Offline with nothing signed yet: there is nothing to snapshot.
+                None => return Ok(()),
+            },
         };
-        let bump = |role: &str| -> Result<NonZeroU64, TufError> {
-            let v = current.get(role).map_or(0, |(v, _)| *v) + 1;
-            NonZeroU64::new(u64::try_from(v).unwrap_or(1)).ok_or_else(|| TufError::Metadata("version overflow".into()))
-        };
-        let versions = RoleVersions {
-            targets: bump("targets")?,
+        let online = OnlineVersions {
             snapshot: bump("snapshot")?,
             timestamp: bump("timestamp")?,
-            targets_expires: hours(TARGETS_LIFETIME_H),
-            snapshot_expires: hours(SNAPSHOT_LIFETIME_H),
-            timestamp_expires: whole_seconds(now + timestamp_lifetime(state)),
+            snapshot_expires: hours_from_now(SNAPSHOT_LIFETIME_H),
+            timestamp_expires: upkeep_tuf::whole_seconds(jiff::Timestamp::now() + timestamp_lifetime(state)),
         };
-        let entries: Vec<TargetEntry> = state
-            .db
-            .approved_artifacts(organization_id)
-            .await
-            .map_err(db_err)?
-            .iter()
-            .map(|a| TargetEntry {
-                name: target_name(a),
-                sha256: a.sha256.clone(),
-                length: a.size,
-                custom: [
-                    ("product".to_owned(), serde_json::json!(a.product)),
-                    ("version".to_owned(), serde_json::json!(a.version)),
-                    ("platform".to_owned(), serde_json::json!(a.platform)),
-                ]
-                .into_iter()
-                .collect(),
-            })
-            .collect();
-        for (name, bytes) in sign_repository(&root_json, &keys, &entries, versions).await? {
-            // The root is already stored under its version.
-            if !name.ends_with(".root.json") {
-                files.push((name, String::from_utf8_lossy(&bytes).into_owned()));
-            }
-        }
-        let as_i64 = |v: NonZeroU64| i64::try_from(v.get()).unwrap_or(i64::MAX);
-        next.insert(
-            "targets".into(),
-            (as_i64(versions.targets), versions.targets_expires.as_millisecond()),
-        );
+        let signed = upkeep_tuf::sign_online(&now.root, &targets_json, &keys.snapshot, &keys.timestamp, online).await?;
+        files.extend(signed);
         next.insert(
             "snapshot".into(),
-            (as_i64(versions.snapshot), versions.snapshot_expires.as_millisecond()),
+            (as_i64(online.snapshot), online.snapshot_expires.as_millisecond()),
         );
         next.insert(
             "timestamp".into(),
-            (as_i64(versions.timestamp), versions.timestamp_expires.as_millisecond()),
+            (as_i64(online.timestamp), online.timestamp_expires.as_millisecond()),
         );
         if state
             .db
-            .store_tuf(organization_id, &current, &next, &files)
+            .store_tuf(organization_id, &now.versions, &next, &files)
             .await
             .map_err(db_err)?
         {
             tracing::info!(
                 organization_id,
-                targets = entries.len(),
-                version = versions.targets.get(),
+                snapshot = online.snapshot.get(),
                 "published TUF metadata"
             );
             return Ok(());
+        }
+        if uploaded.is_some() {
+            // Another process published meanwhile; the upload's version may now be stale, so
+            // let the administrator sign again rather than guess.
+            return Err(TufError::Mismatch(
+                "the repository changed while storing; fetch and sign again".into(),
+            ));
         }
     }
     Err(TufError::Metadata(
@@ -355,101 +383,224 @@ pub async fn publish(state: &crate::AppState, organization_id: i64) -> Result<()
     ))
 }
 
-/// Rotates the organization's root key (hosted mode): root `N+1` lists a new root key and is
-/// signed by both the old and the new one, so agents that trust root `N` follow it; then the rest
-/// of the repository is re-signed under it. Returns the new root version.
-pub async fn rotate_root(state: &crate::AppState, organization_id: i64) -> Result<u64, TufError> {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    let db_err = |e: crate::db::DbError| TufError::Metadata(e.to_string());
-    let dir = state.settings.tuf_keys_dir.join(organization_id.to_string());
-    // Make sure a repository (and its root 1) exists first.
+/// Checks targets metadata an administrator signed offline: signed to threshold by the targets
+/// key the current root names, a version above the stored one, and listing exactly `expected`.
+pub async fn accept_targets(
+    state: &crate::AppState,
+    organization_id: i64,
+    json: &str,
+    expected: &[TargetEntry],
+) -> Result<(), TufError> {
+    let keys = ServerKeys::load(&keys_dir(state, organization_id))?;
+    let now = current(state, organization_id, &keys).await?;
+    let targets = upkeep_tuf::parse::<Targets>("targets", json)?;
+    upkeep_tuf::verify(&now.root, &targets)?;
+    if as_i64(targets.signed.version) <= now.version("targets") {
+        return Err(TufError::Mismatch(format!(
+            "targets version {} is not above the current {}; sign again from the current targets",
+            targets.signed.version,
+            now.version("targets")
+        )));
+    }
+    let key = |e: &TargetEntry| (e.name.clone(), e.sha256.clone(), e.length);
+    let signed: Vec<_> = upkeep_tuf::entries(&targets.signed).iter().map(key).collect();
+    let mut want: Vec<_> = expected.iter().map(key).collect();
+    want.sort();
+    if signed != want {
+        let missing: Vec<&str> = want
+            .iter()
+            .filter(|w| !signed.contains(w))
+            .map(|w| w.0.as_str())
+            .collect();
+        let extra: Vec<&str> = signed
+            .iter()
+            .filter(|s| !want.contains(s))
+            .map(|s| s.0.as_str())
+            .collect();
+        return Err(TufError::Mismatch(format!(
+            "the signed targets differ from the approved releases (missing: {missing:?}, not approved: {extra:?})"
+        )));
+    }
+    Ok(())
+}
+
+/// The target entries the organization's approvals call for, with `change` applied.
+pub async fn expected_entries(
+    state: &crate::AppState,
+    organization_id: i64,
+    release_id: i64,
+    approve: bool,
+) -> Result<Vec<TargetEntry>, TufError> {
+    let mut all: Vec<TargetEntry> = state
+        .db
+        .approved_artifacts(organization_id)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .filter(|a| a.release_id != release_id)
+        .map(entry)
+        .collect();
+    if approve {
+        all.extend(
+            state
+                .db
+                .release_artifacts(release_id)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(entry),
+        );
+    }
+    Ok(all)
+}
+
+/// Replaces the root with `root_json` (the next version), uploaded by an administrator. In hosted
+/// mode the server adds the old root key's signature itself; offline, the upload must carry it.
+/// The new root must keep naming the server's online keys. If it names a targets key the server
+/// does not hold, `targets_json` must re-sign the current targets under it. Keys the new root no
+/// longer trusts the server with are deleted. Returns the new root version.
+pub async fn replace_root(
+    state: &crate::AppState,
+    organization_id: i64,
+    root_json: &str,
+    targets_json: Option<&str>,
+) -> Result<u64, TufError> {
+    let mut keys = ServerKeys::load(&keys_dir(state, organization_id))?;
+    let now = current(state, organization_id, &keys).await?;
+    let mut next: Signed<Root> = upkeep_tuf::parse("root", root_json)?;
+    if let Some(old_root_key) = &keys.root {
+        // Co-sign as the current root (only if this key is what the current root names).
+        let by_old = upkeep_tuf::sign(next.signed.clone(), &now.root, &[old_root_key]).await?;
+        for signature in by_old.signatures {
+            if !next.signatures.iter().any(|s| s.keyid == signature.keyid) {
+                next.signatures.push(signature);
+            }
+        }
+    }
+    upkeep_tuf::verify_root_step(&now.root, &next)?;
+    for (role, key) in keys.online_public()? {
+        let (_, listed) = upkeep_tuf::role_key(&next.signed, role)?;
+        if listed != key {
+            return Err(TufError::Mismatch(format!(
+                "the new root must name the server's online {role} key"
+            )));
+        }
+    }
+    if upkeep_tuf::director_key(&next.signed)? != keys.director_public()? {
+        return Err(TufError::Mismatch(
+            "the new root must name the server's director key".into(),
+        ));
+    }
+    let holds = |own: &Option<Vec<u8>>, role: RoleType| -> Result<bool, TufError> {
+        let (listed, _) = upkeep_tuf::role_key(&next.signed, role)?;
+        Ok(match own {
+            Some(k) => upkeep_tuf::public_key(k)?.0 == listed,
+            None => false,
+        })
+    };
+    let keeps_targets = holds(&keys.targets, RoleType::Targets)?;
+    let keeps_root = holds(&keys.root, RoleType::Root)?;
+    let targets_key_changed = upkeep_tuf::role_key(&next.signed, RoleType::Targets)?.0
+        != upkeep_tuf::role_key(&now.root, RoleType::Targets)?.0;
+    let version = next.signed.version;
+    let mut versions = now.versions.clone();
+    versions.insert("root".into(), (as_i64(version), next.signed.expires.as_millisecond()));
+    let files = vec![(format!("{version}.root.json"), upkeep_tuf::to_json(&next)?)];
+    let targets = match (targets_json, targets_key_changed) {
+        (Some(json), _) => {
+            let targets = upkeep_tuf::parse::<Targets>("targets", json)?;
+            upkeep_tuf::verify(&next.signed, &targets)?;
+            let expected = upkeep_tuf::entries(&targets_of(&now)?);
+            let given = upkeep_tuf::entries(&targets.signed);
+            let same = |a: &[TargetEntry], b: &[TargetEntry]| {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| (&x.name, &x.sha256, x.length) == (&y.name, &y.sha256, y.length))
+            };
+            if !same(&expected, &given) || as_i64(targets.signed.version) <= now.version("targets") {
+                return Err(TufError::Mismatch(
+                    "the targets uploaded with a new root must re-sign the current targets under a higher version"
+                        .into(),
+                ));
+            }
+            Some(json.to_owned())
+        }
+        (None, false) => None,
+        (None, true) => {
+            return Err(TufError::Mismatch(
+                "the new root names a targets key the server does not hold: upload the current targets signed with it"
+                    .into(),
+            ));
+        }
+    };
     if !state
         .db
-        .tuf_versions(organization_id)
+        .store_tuf(organization_id, &now.versions, &versions, &files)
         .await
         .map_err(db_err)?
-        .contains_key("root")
     {
-        publish(state, organization_id).await?;
-    }
-    let keys = hosted_keys(&dir)?;
-    let versions = state.db.tuf_versions(organization_id).await.map_err(db_err)?;
-    let (version, _) = *versions
-        .get("root")
-        .ok_or_else(|| TufError::Metadata("no root yet".into()))?;
-    let old_json = state
-        .db
-        .tuf_file(organization_id, &format!("{version}.root.json"))
-        .await
-        .map_err(db_err)?
-        .ok_or_else(|| TufError::Metadata("the current root.json is missing".into()))?;
-    let old: tough::schema::Signed<Root> = serde_json::from_str(&old_json).map_err(meta)?;
-    let new_key = RepoKeys::generate()?.root;
-    let (old_id, _) = key_of(&keys.root)?;
-    let (new_id, new_public) = key_of(&new_key)?;
-    let mut root = old.signed.clone();
-    let next = u64::try_from(version)
-        .ok()
-        .and_then(|v| NonZeroU64::new(v + 1))
-        .ok_or_else(|| meta("root version"))?;
-    root.version = next;
-    root.expires = whole_seconds(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(ROOT_LIFETIME_H));
-    root.keys.remove(&old_id);
-    root.keys.insert(new_id.clone(), new_public);
-    root.roles.insert(
-        RoleType::Root,
-        RoleKeys {
-            keyids: vec![new_id],
-            threshold: NonZeroU64::MIN,
-            _extra: HashMap::new(),
-        },
-    );
-    let rng = SystemRandom::new();
-    let by_new: Vec<Box<dyn KeySource>> = vec![Box::new(MemoryKey(new_key.clone()))];
-    let by_old: Vec<Box<dyn KeySource>> = vec![Box::new(MemoryKey(keys.root.clone()))];
-    let signed_new = SignedRole::new(root.clone(), &KeyHolder::Root(root.clone()), &by_new, &rng)
-        .await
-        .map_err(meta)?;
-    let signed_old = SignedRole::new(root.clone(), &KeyHolder::Root(old.signed.clone()), &by_old, &rng)
-        .await
-        .map_err(meta)?;
-    let mut both = signed_new.signed().clone();
-    both.signatures.extend(signed_old.signed().signatures.iter().cloned());
-    let json = serde_json::to_string_pretty(&both).map_err(meta)?;
-    // Keep the old key beside the new one until the new root is stored.
-    std::fs::rename(dir.join("root.pk8"), dir.join(format!("root-{version}.pk8.retired")))?;
-    crate::signing::write_private(&dir.join("root.pk8"), STANDARD.encode(&new_key).as_bytes())?;
-    let mut updated = versions.clone();
-    updated.insert("root".into(), (version + 1, root.expires.as_millisecond()));
-    let stored = state
-        .db
-        .store_tuf(
-            organization_id,
-            &versions,
-            &updated,
-            &[(format!("{}.root.json", version + 1), json)],
-        )
-        .await
-        .map_err(db_err)?;
-    if !stored {
         return Err(TufError::Metadata(
             "another server process changed the repository meanwhile; try again".into(),
         ));
     }
-    publish(state, organization_id).await?;
-    Ok(next.get())
+    if !keeps_root {
+        keys.retire("root")?;
+    }
+    if !keeps_targets {
+        keys.retire("targets")?;
+    }
+    publish(state, organization_id, targets.as_deref()).await?;
+    Ok(version.get())
+}
+
+fn targets_of(now: &Current) -> Result<Targets, TufError> {
+    match &now.targets_json {
+        Some(json) => Ok(upkeep_tuf::parse::<Targets>("targets.json", json)?.signed),
+        None => upkeep_tuf::targets_metadata(&[], NonZeroU64::MIN, hours_from_now(1)),
+    }
+}
+
+/// Rotates the organization's root key in hosted mode: root `N+1` lists a new root key and is
+/// signed by both the old and the new one, so agents that trust root `N` follow it.
+pub async fn rotate_root(state: &crate::AppState, organization_id: i64) -> Result<u64, TufError> {
+    let dir = keys_dir(state, organization_id);
+    let keys = ServerKeys::load(&dir)?;
+    let now = current(state, organization_id, &keys).await?;
+    if keys.root.is_none() {
+        return Err(TufError::Key(
+            "the root key is offline: rotate it with `upkeep keys rotate-root --keys DIR` where it is kept".into(),
+        ));
+    }
+    let new_key = upkeep_tuf::generate_key()?;
+    let next = rotated(&now.root, &new_key)?;
+    let signed = upkeep_tuf::sign(next.clone(), &next, &[&new_key]).await?;
+    // Keep the new key beside the old one until the new root is stored.
+    let staged = dir.join("root.pk8.next");
+    let _ = std::fs::remove_file(&staged);
+    crate::signing::write_private(&staged, STANDARD.encode(&new_key).as_bytes())
+        .map_err(|e| io("writing", &staged, e))?;
+    let version = replace_root(state, organization_id, &upkeep_tuf::to_json(&signed)?, None).await?;
+    // `replace_root` retired the old key; the new one takes its place.
+    let current_key = dir.join("root.pk8");
+    std::fs::rename(&staged, &current_key).map_err(|e| io("installing", &current_key, e))?;
+    Ok(version)
+}
+
+/// Root `N+1`: the same, with `new_root_key` in place of the root key and a fresh expiry.
+pub fn rotated(current: &Root, new_root_key: &[u8]) -> Result<Root, TufError> {
+    let (_, key) = upkeep_tuf::public_key(new_root_key)?;
+    upkeep_tuf::successor(current, &[(RoleType::Root, key)], hours_from_now(ROOT_LIFETIME_H))
 }
 
 /// Re-signs repositories whose timestamp has less than half its lifetime left.
 pub async fn refresh_expiring(state: &crate::AppState) -> Result<(), TufError> {
-    let db_err = |e: crate::db::DbError| TufError::Metadata(e.to_string());
     let half = i64::try_from(state.settings.tuf_timestamp_lifetime.as_millis() / 2).unwrap_or(i64::MAX);
     let soon = crate::db::now_ms().saturating_add(half);
     for organization_id in state.db.organization_ids().await.map_err(db_err)? {
         let versions = state.db.tuf_versions(organization_id).await.map_err(db_err)?;
         if versions.get("timestamp").is_some_and(|(_, expires)| *expires < soon) {
-            publish(state, organization_id).await?;
+            publish(state, organization_id, None).await?;
         }
     }
     Ok(())
@@ -507,97 +658,4 @@ async fn target_file(
         .header(axum::http::header::CONTENT_LENGTH, read.total)
         .body(axum::body::Body::from_stream(read.stream))
         .map_err(|e| crate::error::ApiError::Internal(format!("building response: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sha2::{Digest, Sha256};
-
-    async fn collect<S, E>(stream: S) -> Result<Vec<u8>, E>
-    where
-        S: futures::Stream<Item = Result<bytes::Bytes, E>>,
-    {
-        futures::TryStreamExt::try_fold(stream, Vec::new(), |mut all, chunk| async move {
-            all.extend_from_slice(&chunk);
-            Ok(all)
-        })
-        .await
-    }
-
-    #[tokio::test]
-    async fn a_stock_client_verifies_what_we_sign() {
-        let keys = RepoKeys::generate().unwrap();
-        let in_a_year = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 365);
-        let root_json = root(&keys, NonZeroU64::MIN, in_a_year).await.unwrap();
-        let payload = b"demo 1.0.0 installer bytes".to_vec();
-        let sha = hex::encode(Sha256::digest(&payload));
-        let name = "demo_1.0.0_linux-x86_64.tar.gz";
-        let entry = TargetEntry {
-            name: name.into(),
-            sha256: sha.clone(),
-            length: payload.len() as u64,
-            custom: HashMap::new(),
-        };
-        let v = NonZeroU64::MIN;
-        let versions = RoleVersions {
-            targets: v,
-            snapshot: v,
-            timestamp: v,
-            targets_expires: in_a_year,
-            snapshot_expires: in_a_year,
-            timestamp_expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24),
-        };
-        let files = sign_repository(&root_json, &keys, &[entry], versions).await.unwrap();
-        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            ["1.root.json", "1.snapshot.json", "1.targets.json", "timestamp.json"]
-        );
-        let timestamp = String::from_utf8(files[3].1.clone()).unwrap();
-        assert!(
-            !timestamp.contains(".000"),
-            "expires must be whole seconds: {timestamp}"
-        );
-
-        // Serve it as files and load it with tough's own client, from the root alone.
-        let dir = tempfile::tempdir().unwrap();
-        let (metadata, targets) = (dir.path().join("metadata"), dir.path().join("targets"));
-        std::fs::create_dir_all(&metadata).unwrap();
-        std::fs::create_dir_all(&targets).unwrap();
-        for (file, bytes) in &files {
-            std::fs::write(metadata.join(file), bytes).unwrap();
-        }
-        std::fs::write(targets.join(format!("{sha}.{name}")), &payload).unwrap();
-        let url = |p: &std::path::Path| url::Url::from_directory_path(p).unwrap();
-        let repo = tough::RepositoryLoader::new(&root_json, url(&metadata), url(&targets))
-            .load()
-            .await
-            .unwrap();
-        let target = tough::TargetName::new(name).unwrap();
-        let stream = repo.read_target(&target).await.unwrap().expect("listed");
-        assert_eq!(collect(stream).await.unwrap(), payload);
-
-        // Bytes that differ from what targets.json lists are refused.
-        std::fs::write(targets.join(format!("{sha}.{name}")), b"demo 1.0.0 installer BYTES").unwrap();
-        let stream = repo.read_target(&target).await.unwrap().expect("listed");
-        assert!(collect(stream).await.is_err());
-
-        // Metadata signed by a key the root does not list is refused.
-        let stranger = RepoKeys::generate().unwrap();
-        let forged = sign_repository(
-            &root_json,
-            &RepoKeys {
-                root: keys.root.clone(),
-                ..stranger
-            },
-            &[],
-            versions,
-        )
-        .await;
-        assert!(
-            forged.is_err(),
-            "tough refuses to sign roles with keys the root does not list"
-        );
-    }
 }

@@ -7,6 +7,7 @@ mod harness;
 
 mod bad_input;
 mod notifications;
+mod offline;
 mod pipeline;
 mod publish_to_launch;
 mod resume_and_tamper;

@@ -24,7 +24,7 @@ path = updater.download_target(info)
 print("verified", info.length, info.custom.get("version"))
 "#;
 
-fn python_tuf(world: &World, name: &str) -> String {
+pub fn python_tuf(world: &World, name: &str) -> String {
     let out = std::process::Command::new("python3")
         .args(["-c", CLIENT, &format!("{}/tuf/default", world.server.url), name])
         .output()
@@ -180,13 +180,20 @@ fn root_rotation_is_followed_and_a_forged_one_refused(world: &World) {
         .build()
         .expect("runtime")
         .block_on(async {
-            let keys = upkeep_server::tuf::RepoKeys::generate().expect("keys");
+            let key = upkeep_tuf::generate_key().expect("key");
+            let public = upkeep_tuf::public_key(&key).expect("public").1;
+            let keys = upkeep_tuf::RootKeys {
+                root: public.clone(),
+                targets: public.clone(),
+                snapshot: public.clone(),
+                timestamp: public.clone(),
+                director: public,
+            };
             let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
-            upkeep_server::tuf::root(&keys, std::num::NonZeroU64::new(3).expect("3"), later)
-                .await
-                .expect("root")
+            let root = upkeep_tuf::root_metadata(&keys, std::num::NonZeroU64::new(3).expect("3"), later).expect("root");
+            upkeep_tuf::to_json(&upkeep_tuf::sign(root.clone(), &root, &[&key]).await.expect("sign")).expect("json")
         });
-    let body = String::from_utf8(forged).expect("utf-8").replace('\'', "''");
+    let body = forged.replace('\'', "''");
     run_sql(
         &world.server.database_url(),
         &format!(
@@ -211,38 +218,17 @@ fn metadata_signed_by_an_unknown_key_is_refused(world: &World) {
     let listed = world.upkeep_json(&["release", "list", "demo", "--json"]);
     let artifact = listed[1]["artifacts"][0].clone();
     // An attacker signs a complete repository listing 1.0.1 — with keys of their own.
-    let files = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            use upkeep_server::tuf::{RepoKeys, RoleVersions, TargetEntry, root, sign_repository};
-            let keys = RepoKeys::generate().expect("keys");
-            let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
-            let v = std::num::NonZeroU64::new(50).expect("50");
-            let root_json = root(&keys, std::num::NonZeroU64::MIN, later).await.expect("root");
-            let entry = TargetEntry {
-                name: "demo_1.0.1_linux-x86_64.tar.gz".into(),
-                sha256: artifact["sha256"].as_str().expect("sha").into(),
-                length: artifact["size"].as_u64().expect("size"),
-                custom: Default::default(),
-            };
-            let versions = RoleVersions {
-                targets: v,
-                snapshot: v,
-                timestamp: v,
-                targets_expires: later,
-                snapshot_expires: later,
-                timestamp_expires: later,
-            };
-            sign_repository(&root_json, &keys, &[entry], versions)
-                .await
-                .expect("sign")
-        });
+    let entry = upkeep_tuf::TargetEntry {
+        name: "demo_1.0.1_linux-x86_64.tar.gz".into(),
+        sha256: artifact["sha256"].as_str().expect("sha").into(),
+        length: artifact["size"].as_u64().expect("size"),
+        custom: Default::default(),
+    };
+    let files = forged_repository(&[entry], 50);
     let url = world.server.database_url();
     run_sql(&url, "DELETE FROM tuf_files WHERE filename NOT LIKE '%.root.json'");
-    for (name, bytes) in files.iter().filter(|(n, _)| !n.ends_with(".root.json")) {
-        let body = String::from_utf8(bytes.clone()).expect("utf-8").replace('\'', "''");
+    for (name, body) in &files {
+        let body = body.replace('\'', "''");
         run_sql(
             &url,
             &format!(
@@ -264,3 +250,39 @@ fn metadata_signed_by_an_unknown_key_is_refused(world: &World) {
     assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.0");
 }
 on_each_backend!(metadata_signed_by_an_unknown_key_is_refused);
+
+/// A whole repository (targets, snapshot, timestamp at `version`) listing `entries`, signed by
+/// keys of an attacker's own rather than the organization's.
+pub fn forged_repository(entries: &[upkeep_tuf::TargetEntry], version: u64) -> Vec<(String, String)> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let key = upkeep_tuf::generate_key().expect("key");
+            let public = upkeep_tuf::public_key(&key).expect("public").1;
+            let keys = upkeep_tuf::RootKeys {
+                root: public.clone(),
+                targets: public.clone(),
+                snapshot: public.clone(),
+                timestamp: public.clone(),
+                director: public,
+            };
+            let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+            let v = std::num::NonZeroU64::new(version).expect("version");
+            let root = upkeep_tuf::root_metadata(&keys, std::num::NonZeroU64::MIN, later).expect("root");
+            let targets = upkeep_tuf::targets_metadata(entries, v, later).expect("targets");
+            let targets =
+                upkeep_tuf::to_json(&upkeep_tuf::sign(targets, &root, &[&key]).await.expect("sign")).expect("json");
+            let online = upkeep_tuf::OnlineVersions {
+                snapshot: v,
+                timestamp: v,
+                snapshot_expires: later,
+                timestamp_expires: later,
+            };
+            let [snapshot, timestamp] = upkeep_tuf::sign_online(&root, &targets, &key, &key, online)
+                .await
+                .expect("online");
+            vec![(format!("{v}.targets.json"), targets), snapshot, timestamp]
+        })
+}

@@ -11,6 +11,7 @@ use super::{Database, DbError, Result, now_ms};
 /// An approved artifact, as it goes into targets metadata.
 #[derive(Debug, Clone)]
 pub struct ApprovedArtifact {
+    pub release_id: i64,
     pub product: String,
     pub version: String,
     pub platform: String,
@@ -20,6 +21,9 @@ pub struct ApprovedArtifact {
     pub size: u64,
 }
 
+const ARTIFACT_SELECT: &str = "SELECT r.id AS release_id, p.name AS product, r.version, x.platform, x.filename, x.format, \
+     x.sha256, x.size FROM artifacts x JOIN releases r ON r.id = x.release_id JOIN products p ON p.id = r.product_id";
+
 impl Database {
     pub async fn organization_id(&self, name: &str) -> Result<Option<i64>> {
         let row = sqlx::query("SELECT id FROM organizations WHERE name = $1")
@@ -27,6 +31,14 @@ impl Database {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
+    pub async fn organization_name(&self, organization_id: i64) -> Result<String> {
+        let row = sqlx::query("SELECT name FROM organizations WHERE id = $1")
+            .bind(organization_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("name")?)
     }
 
     pub async fn organization_ids(&self) -> Result<Vec<i64>> {
@@ -38,28 +50,25 @@ impl Database {
 
     /// Artifacts of every release approved in the organization.
     pub async fn approved_artifacts(&self, organization_id: i64) -> Result<Vec<ApprovedArtifact>> {
-        let rows = sqlx::query(
-            "SELECT p.name AS product, r.version, x.platform, x.filename, x.format, x.sha256, x.size \
-             FROM artifacts x JOIN releases r ON r.id = x.release_id JOIN products p ON p.id = r.product_id \
-             JOIN approvals a ON a.release_id = r.id AND a.organization_id = $1 AND a.state = 'approved' \
-             ORDER BY p.name, r.id, x.platform",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ARTIFACT_SELECT} JOIN approvals a ON a.release_id = r.id AND a.organization_id = $1 AND a.state = 'approved' \
+             ORDER BY p.name, r.id, x.platform"
+        )))
         .bind(organization_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ApprovedArtifact {
-                    product: r.try_get("product")?,
-                    version: r.try_get("version")?,
-                    platform: r.try_get("platform")?,
-                    filename: r.try_get("filename")?,
-                    format: r.try_get("format")?,
-                    sha256: r.try_get("sha256")?,
-                    size: u64::try_from(r.try_get::<i64, _>("size")?).unwrap_or(0),
-                })
-            })
-            .collect()
+        rows.iter().map(artifact_row).collect()
+    }
+
+    /// The artifacts of one release, as they would go into targets metadata.
+    pub async fn release_artifacts(&self, release_id: i64) -> Result<Vec<ApprovedArtifact>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ARTIFACT_SELECT} WHERE r.id = $1 ORDER BY x.platform"
+        )))
+        .bind(release_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(artifact_row).collect()
     }
 
     /// Role → (version, expires at in Unix ms).
@@ -125,16 +134,16 @@ impl Database {
                 return Ok(false);
             }
         }
-        // Only root files are kept forever (clients walk the chain); other roles' old files go
-        // when new ones replace them.
-        let replaces = files.iter().any(|(name, _)| name.ends_with(".targets.json"));
-        if replaces {
-            sqlx::query(
-            "DELETE FROM tuf_files WHERE organization_id = $1 AND (filename LIKE '%.targets.json' OR filename LIKE '%.snapshot.json')",
-        )
-        .bind(organization_id)
-        .execute(&mut *tx)
-        .await?;
+        // Only root files are kept forever (clients walk the chain); a new targets or snapshot
+        // file replaces the older ones of its role.
+        for role in [".targets.json", ".snapshot.json"] {
+            if files.iter().any(|(name, _)| name.ends_with(role)) {
+                sqlx::query("DELETE FROM tuf_files WHERE organization_id = $1 AND filename LIKE $2")
+                    .bind(organization_id)
+                    .bind(format!("%{role}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         for (filename, body) in files {
             sqlx::query(
@@ -151,4 +160,17 @@ impl Database {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+fn artifact_row(r: &sqlx::any::AnyRow) -> Result<ApprovedArtifact> {
+    Ok(ApprovedArtifact {
+        release_id: r.try_get("release_id")?,
+        product: r.try_get("product")?,
+        version: r.try_get("version")?,
+        platform: r.try_get("platform")?,
+        filename: r.try_get("filename")?,
+        format: r.try_get("format")?,
+        sha256: r.try_get("sha256")?,
+        size: u64::try_from(r.try_get::<i64, _>("size")?).unwrap_or(0),
+    })
 }

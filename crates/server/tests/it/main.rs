@@ -2,4 +2,3 @@
 //! `UPKEEP_TEST_DATABASE_URL` is set. Every backend must pass it unchanged.
 
 mod storage;
-mod tuf_interop;
