@@ -300,7 +300,17 @@ async fn update_products(
             continue;
         }
         let progress = Progress::new(mode, format!("{} {}", instruction.product, offer.version));
-        let applied = pipeline::apply(state, &enrollment, &client, instruction, offer, &progress, options).await;
+        let applied = pipeline::apply(
+            state,
+            &enrollment,
+            &client,
+            instruction,
+            offer,
+            response.director.as_deref(),
+            &progress,
+            options,
+        )
+        .await;
         let (outcome, error) = match applied {
             Ok(pipeline::Applied::Installed) => ("installed", None),
             Ok(pipeline::Applied::Deferred(message)) => ("deferred", Some(Ok(message))),

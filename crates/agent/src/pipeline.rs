@@ -179,6 +179,7 @@ pub async fn apply(
     client: &DeviceClient,
     instruction: &proto::ProductInstruction,
     offer: &proto::UpdateOffer,
+    director: Option<&str>,
     progress: &Progress,
     options: Options,
 ) -> Result<Applied, AgentError> {
@@ -203,7 +204,7 @@ pub async fn apply(
         Err(e) => return run.fail(S::Failed, e).await,
     };
     // The organization's signed TUF targets must list this very file, or nothing is fetched.
-    if let Err(e) = crate::tuf::check_listed(state, enrollment, product, &offer.version, &artifact).await {
+    if let Err(e) = crate::tuf::check_listed(state, enrollment, product, &offer.version, &artifact, director).await {
         return run.fail(S::Failed, e).await;
     }
 

@@ -1,7 +1,9 @@
 //! TUF verification with `tough`'s client: the organization's image repository is loaded from the
 //! root trusted at enrollment (rollback, freeze and key checks are `tough`'s, with its metadata
-//! kept in `STATE/tuf/` so versions never go back), and an artifact is accepted only when the signed
-//! targets list it under its name with the same length and SHA-256.
+//! kept in `STATE/tuf/` so versions never go back), and an artifact is accepted only when both the
+//! director metadata of this check-in (signed by the director key the root names, for this
+//! workstation, with a counter that never goes back) and the image repository's signed targets
+//! list it under its name with the same length and SHA-256.
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ pub async fn check_listed(
     product: &str,
     version: &str,
     artifact: &proto::Artifact,
+    director: Option<&str>,
 ) -> Result<(), AgentError> {
     let root = enrollment.tuf_root.as_deref().ok_or_else(|| {
         AgentError::Tuf("this agent was enrolled without the organization's TUF root; enroll it again".into())
@@ -49,6 +52,7 @@ pub async fn check_listed(
         &artifact.format,
         &artifact.filename,
     );
+    check_director(state, enrollment, &repository.root().signed, director, &name, artifact)?;
     let target_name = tough::TargetName::new(name.clone()).map_err(|e| AgentError::Tuf(e.to_string()))?;
     let listed = repository
         .targets()
@@ -62,6 +66,41 @@ pub async fn check_listed(
             "the signed targets list {name} with {} bytes and SHA-256 {sha256}, the offer says {} bytes and {}",
             listed.length, artifact.size, artifact.sha256
         )));
+    }
+    Ok(())
+}
+
+/// The director must list `name` for this workstation, with this artifact's length and hash, in
+/// metadata no older than any seen before.
+fn check_director(
+    state: &StateDir,
+    enrollment: &Enrollment,
+    root: &tough::schema::Root,
+    director: Option<&str>,
+    name: &str,
+    artifact: &proto::Artifact,
+) -> Result<(), AgentError> {
+    let json = director.ok_or_else(|| AgentError::Tuf("the check-in answer carries no director metadata".into()))?;
+    let key = upkeep_tuf::director_key(root).map_err(|e| AgentError::Tuf(e.to_string()))?;
+    let counter_path = state.root().join("tuf").join("director-counter");
+    let seen: u64 = std::fs::read_to_string(&counter_path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let listed = upkeep_tuf::verify_director(json, &key, &enrollment.workstation_id, seen, jiff::Timestamp::now())
+        .map_err(|e| AgentError::Tuf(e.to_string()))?;
+    let target = listed
+        .targets
+        .get(name)
+        .ok_or_else(|| AgentError::Tuf(format!("the director does not list {name} for this workstation")))?;
+    if target.length != artifact.size || target.sha256 != artifact.sha256 {
+        return Err(AgentError::Tuf(format!(
+            "the director lists {name} with {} bytes and SHA-256 {}, the offer says {} bytes and {}",
+            target.length, target.sha256, artifact.size, artifact.sha256
+        )));
+    }
+    if listed.counter > seen {
+        crate::state::write_atomic(&counter_path, listed.counter.to_string().as_bytes(), false)?;
     }
     Ok(())
 }

@@ -492,6 +492,10 @@ pub struct CheckinRequest {
 pub struct CheckinResponse {
     pub server_time: String,
     pub instructions: Vec<ProductInstruction>,
+    /// When an update is offered: the director's signed list of the target files this
+    /// workstation may install now (JSON, see `upkeep_tuf::SignedDirector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub director: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -90,7 +90,9 @@ CREATE TABLE workstations (
     arch TEXT NOT NULL,
     agent_version TEXT NOT NULL,
     enrolled_at BIGINT NOT NULL,
-    last_checkin_at BIGINT
+    last_checkin_at BIGINT,
+    -- Grows with every check-in; signed into director metadata so answers cannot be replayed.
+    director_counter BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX workstations_by_org ON workstations (organization_id);
 

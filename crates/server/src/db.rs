@@ -642,24 +642,29 @@ impl Database {
             .transpose()
     }
 
-    /// Records a check-in: the workstation's facts and what it has installed now.
+    /// Records a check-in: the workstation's facts and what it has installed now. Returns its
+    /// groups and its new director counter.
     pub async fn record_checkin(
         &self,
         organization_id: i64,
         workstation_id: &str,
         request: &proto::CheckinRequest,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, i64)> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE workstations SET hostname = $1, os = $2, arch = $3, agent_version = $4, last_checkin_at = $5 WHERE id = $6")
-            .bind(&request.hostname)
-            .bind(&request.os)
-            .bind(&request.arch)
-            .bind(&request.agent_version)
-            .bind(now)
-            .bind(workstation_id)
-            .execute(&mut *tx)
-            .await?;
+        let counter: i64 = sqlx::query(
+            "UPDATE workstations SET hostname = $1, os = $2, arch = $3, agent_version = $4, last_checkin_at = $5, \
+             director_counter = director_counter + 1 WHERE id = $6 RETURNING director_counter",
+        )
+        .bind(&request.hostname)
+        .bind(&request.os)
+        .bind(&request.arch)
+        .bind(&request.agent_version)
+        .bind(now)
+        .bind(workstation_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("director_counter")?;
         sqlx::query("DELETE FROM installed_versions WHERE workstation_id = $1")
             .bind(workstation_id)
             .execute(&mut *tx)
@@ -686,7 +691,7 @@ impl Database {
                 .map(|r| r.try_get("group_name"))
                 .collect::<Result<Vec<String>, _>>()?;
         tx.commit().await?;
-        Ok(groups)
+        Ok((groups, counter))
     }
 
     /// Approval, in the organization, of each (product, version) given; unknown releases are left out.

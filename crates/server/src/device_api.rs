@@ -157,7 +157,7 @@ async fn checkin(
         }
     }
 
-    let groups = state
+    let (groups, counter) = state
         .db
         .record_checkin(device.organization_id, &device.workstation_id, &request)
         .await?;
@@ -258,10 +258,67 @@ async fn checkin(
             update,
         });
     }
+    let director = director_metadata(
+        &state,
+        device.organization_id,
+        &device.workstation_id,
+        counter,
+        &instructions,
+    )
+    .await
+    .map_err(|e| ApiError::Internal(format!("signing director metadata: {e}")))?;
     Ok(Json(proto::CheckinResponse {
         server_time: db::format_time(db::now_ms()),
         instructions,
+        director,
     }))
+}
+
+/// How long an agent may act on one check-in's director metadata.
+const DIRECTOR_LIFETIME_H: i64 = 24;
+
+/// The director's signed list of the target files this workstation is offered now (`None` when
+/// nothing is offered).
+async fn director_metadata(
+    state: &AppState,
+    organization_id: i64,
+    workstation_id: &str,
+    counter: i64,
+    instructions: &[proto::ProductInstruction],
+) -> Result<Option<String>, crate::tuf::TufError> {
+    let mut targets = BTreeMap::new();
+    for instruction in instructions {
+        let Some(update) = &instruction.update else { continue };
+        let manifest: proto::ReleaseManifest = serde_json::from_str(&update.manifest.payload)
+            .map_err(|e| crate::tuf::TufError::Metadata(format!("stored manifest: {e}")))?;
+        for a in &manifest.artifacts {
+            targets.insert(
+                proto::tuf_target_name(
+                    &manifest.product,
+                    &manifest.version,
+                    &a.platform,
+                    &a.format,
+                    &a.filename,
+                ),
+                upkeep_tuf::DirectorTarget {
+                    length: a.size,
+                    sha256: a.sha256.clone(),
+                },
+            );
+        }
+    }
+    if targets.is_empty() {
+        return Ok(None);
+    }
+    let keys = crate::tuf::ServerKeys::load(&crate::tuf::keys_dir(state, organization_id))?;
+    let body = upkeep_tuf::DirectorTargets {
+        kind: String::new(),
+        workstation_id: workstation_id.to_owned(),
+        counter: u64::try_from(counter).unwrap_or(0),
+        expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(DIRECTOR_LIFETIME_H),
+        targets,
+    };
+    upkeep_tuf::sign_director(body, &keys.director).await.map(Some)
 }
 
 async fn report(

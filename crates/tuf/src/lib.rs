@@ -25,6 +25,11 @@ use tough::sign::{Sign, parse_keypair};
 
 pub use tough::schema;
 
+mod director;
+pub use director::{
+    DIRECTOR_TYPE, DirectorTarget, DirectorTargets, MAX_DIRECTOR_BYTES, SignedDirector, sign_director, verify_director,
+};
+
 /// The root field that carries the director's public key (an extension TUF clients keep as an
 /// unrecognized field, covered by the root signature).
 pub const DIRECTOR_KEY_FIELD: &str = "x-upkeep-director-key";

@@ -76,6 +76,8 @@ fn a_stock_tuf_client_verifies_approved_releases_postgres() {
     }
 }
 
+/// Also the director-lists-it-but-the-image-repository-does-not case: the director signs what
+/// the (edited) database offers, and the agent still needs the signed targets to list it.
 fn an_approval_that_was_not_signed_installs_nothing(world: &World) {
     let agent = world.demo_installed("ws");
 
@@ -286,3 +288,56 @@ pub fn forged_repository(entries: &[upkeep_tuf::TargetEntry], version: u64) -> V
             vec![(format!("{v}.targets.json"), targets), snapshot, timestamp]
         })
 }
+
+fn enrollment_file(agent: &std::path::Path) -> std::path::PathBuf {
+    agent.join("agent.json")
+}
+
+/// The director's answer is for one workstation: a server answering with another one's (here, an
+/// agent holding the other's device token, so the server signs for that one) is refused.
+fn a_director_answer_for_another_workstation_is_refused(world: &World) {
+    let agent = world.demo_installed("ws-a");
+    let other = world.enroll_agent("ws-b", &world.server.url);
+    world.publish("demo", "1.0.1", &demo_archive("1.0.1", 0));
+    world.upkeep_ok(&["release", "approve", "demo", "1.0.1"]);
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.1", "--all"]);
+    let read = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(enrollment_file(p)).expect("enrollment")).expect("json")
+    };
+    let mut mine = read(&agent);
+    mine["device_token"] = read(&other)["device_token"].clone();
+    std::fs::write(enrollment_file(&agent), mine.to_string()).expect("write");
+    let refused = world.agent(&agent, &["update"]);
+    let stderr = assert_failure(&refused, "an update under another workstation's director answer");
+    let other_id = read(&other)["workstation_id"].as_str().expect("id").to_owned();
+    assert!(
+        stderr.contains("TUF verification failed") && stderr.contains(&format!("for workstation {other_id}")),
+        "{stderr}"
+    );
+    assert!(!agent.join("products/demo/versions/1.0.1").exists());
+}
+on_each_backend!(a_director_answer_for_another_workstation_is_refused);
+
+/// A server restored from an old backup (its director counters back at zero) cannot replay
+/// director answers to an agent that has seen newer ones.
+fn a_director_counter_that_goes_back_is_refused(world: &World) {
+    let agent = world.demo_installed("ws");
+    let seen: u64 = std::fs::read_to_string(agent.join("tuf/director-counter"))
+        .expect("the agent kept the director counter")
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(seen >= 1);
+    world.publish("demo", "1.0.1", &demo_archive("1.0.1", 0));
+    world.upkeep_ok(&["release", "approve", "demo", "1.0.1"]);
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.1", "--all"]);
+    run_sql(
+        &world.server.database_url(),
+        "UPDATE workstations SET director_counter = -5",
+    );
+    let refused = world.agent(&agent, &["update"]);
+    let stderr = assert_failure(&refused, "an update under a replayed director answer");
+    assert!(stderr.contains("counter went back"), "{stderr}");
+    assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.0");
+}
+on_each_backend!(a_director_counter_that_goes_back_is_refused);

@@ -200,10 +200,10 @@ async fn story(url: &str) {
         }],
         utc_offset_minutes: 0,
     };
-    assert_eq!(
-        db.record_checkin(ORG, "ws-1", &checkin).await.expect("checkin"),
-        ["lab"]
-    );
+    let (groups, counter) = db.record_checkin(ORG, "ws-1", &checkin).await.expect("checkin");
+    assert_eq!(groups, ["lab"]);
+    let (_, next) = db.record_checkin(ORG, "ws-1", &checkin).await.expect("checkin");
+    assert_eq!(next, counter + 1, "the director counter grows with every check-in");
     let listed = db.list_workstations(ORG, None).await.expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].hostname, "host-renamed");
