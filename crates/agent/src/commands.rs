@@ -304,9 +304,11 @@ async fn update_products(
             state,
             &enrollment,
             &client,
-            instruction,
-            offer,
-            response.director.as_deref(),
+            pipeline::Offered {
+                instruction,
+                offer,
+                director: response.director.as_deref(),
+            },
             &progress,
             options,
         )

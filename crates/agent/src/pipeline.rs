@@ -172,17 +172,29 @@ fn crash_point(step: Step, finished: bool) {
     }
 }
 
+/// One offered update, as the check-in answered it.
+#[derive(Debug, Clone, Copy)]
+pub struct Offered<'a> {
+    pub instruction: &'a proto::ProductInstruction,
+    pub offer: &'a proto::UpdateOffer,
+    /// The check-in's director metadata.
+    pub director: Option<&'a str>,
+}
+
 /// Runs the whole pipeline for one offered update.
 pub async fn apply(
     state: &StateDir,
     enrollment: &Enrollment,
     client: &DeviceClient,
-    instruction: &proto::ProductInstruction,
-    offer: &proto::UpdateOffer,
-    director: Option<&str>,
+    offered: Offered<'_>,
     progress: &Progress,
     options: Options,
 ) -> Result<Applied, AgentError> {
+    let Offered {
+        instruction,
+        offer,
+        director,
+    } = offered;
     let product = instruction.product.as_str();
     let run = Run {
         state,
