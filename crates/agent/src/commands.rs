@@ -93,6 +93,17 @@ async fn enroll(
         groups,
     };
     let response: proto::EnrollResponse = client.post_json("/api/v1/device/enroll", &request).await?;
+    // The token carries the fingerprint of the root it was made under: a server (or anyone in
+    // between) handing over another root is refused before anything is trusted.
+    if let (_, Some(fingerprint)) = proto::split_enroll_token(token) {
+        let root = response.tuf_root.as_deref().unwrap_or_default();
+        if !upkeep_tuf::fingerprint(root).starts_with(&fingerprint.to_ascii_lowercase()) {
+            return Err(AgentError::Tuf(
+                "the organization's TUF root from the server does not match the fingerprint in the enrollment token; not enrolled"
+                    .into(),
+            ));
+        }
+    }
     let enrollment = Enrollment {
         server: client.server().to_owned(),
         workstation_id: response.workstation_id,

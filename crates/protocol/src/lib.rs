@@ -733,3 +733,21 @@ pub fn tuf_target_name(product: &str, version: &str, platform: &str, format: &st
     };
     format!("{product}_{version}_{platform}.{ext}")
 }
+
+/// How many hex digits of the root's SHA-256 an enrollment token carries.
+pub const ROOT_FINGERPRINT_HEX: usize = 32;
+
+/// An enrollment token is `<secret>.<root fingerprint>`: the secret authenticates the workstation,
+/// the fingerprint (the first hex digits of the SHA-256 of the organization's root.json when the
+/// token was made) lets the agent check the root the server hands it. Tokens without one are
+/// accepted (the secret alone).
+pub fn split_enroll_token(token: &str) -> (&str, Option<&str>) {
+    match token.rsplit_once('.') {
+        Some((secret, fingerprint))
+            if fingerprint.len() == ROOT_FINGERPRINT_HEX && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            (secret, Some(fingerprint))
+        }
+        _ => (token, None),
+    }
+}

@@ -660,12 +660,18 @@ async fn create_enroll_token(
             "uses must be at least 1",
         ));
     }
-    let token = auth::new_token(auth::ENROLL_TOKEN_PREFIX);
+    let secret = auth::new_token(auth::ENROLL_TOKEN_PREFIX);
+    // The token pins the organization's current root, so an agent can check what it is given.
+    let root = crate::tuf::current_root(&state, admin.organization_id)
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading the TUF root: {e}")))?;
+    let fingerprint = upkeep_tuf::fingerprint(&root);
+    let token = format!("{secret}.{}", &fingerprint[..proto::ROOT_FINGERPRINT_HEX]);
     state
         .db
         .insert_enroll_token(
             admin.organization_id,
-            &auth::token_hash(&token),
+            &auth::token_hash(&secret),
             request.group.as_deref(),
             request.uses,
             &admin.user,

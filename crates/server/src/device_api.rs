@@ -66,7 +66,8 @@ async fn enroll(
     for group in &request.groups {
         validate_name(group).map_err(|e| ApiError::bad_request(codes::INVALID_NAME, "groups", e.to_string()))?;
     }
-    if !request.token.starts_with(auth::ENROLL_TOKEN_PREFIX) {
+    let (secret, fingerprint) = proto::split_enroll_token(&request.token);
+    if !secret.starts_with(auth::ENROLL_TOKEN_PREFIX) {
         return Err(invalid_enroll_token());
     }
     let workstation_id = format!("ws-{}", &auth::new_token("")[..20]);
@@ -74,7 +75,7 @@ async fn enroll(
     let enrolled = state
         .db
         .enroll(
-            &auth::token_hash(&request.token),
+            &auth::token_hash(secret),
             &NewWorkstation {
                 id: &workstation_id,
                 device_token_hash: &auth::token_hash(&device_token),
@@ -89,7 +90,18 @@ async fn enroll(
     let Some((organization_id, organization)) = enrolled else {
         return Err(invalid_enroll_token());
     };
-    let tuf_root = current_tuf_root(&state, organization_id).await?;
+    // The root the token was made under (the agent checks it against the token's fingerprint and
+    // follows rotations from there); without a fingerprint, the current one.
+    let tuf_root = match fingerprint {
+        Some(fingerprint) => crate::tuf::root_by_fingerprint(&state, organization_id, fingerprint)
+            .await
+            .map_err(|e| ApiError::Internal(format!("reading the TUF root: {e}")))?,
+        None => None,
+    };
+    let tuf_root = match tuf_root {
+        Some(root) => root,
+        None => current_tuf_root(&state, organization_id).await?,
+    };
     tracing::info!(%workstation_id, hostname = %request.hostname, "workstation enrolled");
     Ok((
         StatusCode::CREATED,

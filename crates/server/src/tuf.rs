@@ -259,6 +259,28 @@ pub async fn current_root(state: &crate::AppState, organization_id: i64) -> Resu
     Ok(current(state, organization_id, &keys).await?.root_json)
 }
 
+/// The stored root whose fingerprint starts with `fingerprint` (roots are kept forever).
+pub async fn root_by_fingerprint(
+    state: &crate::AppState,
+    organization_id: i64,
+    fingerprint: &str,
+) -> Result<Option<String>, TufError> {
+    let versions = state.db.tuf_versions(organization_id).await.map_err(db_err)?;
+    let newest = versions.get("root").map_or(0, |(v, _)| *v);
+    for version in (1..=newest).rev() {
+        if let Some(json) = state
+            .db
+            .tuf_file(organization_id, &format!("{version}.root.json"))
+            .await
+            .map_err(db_err)?
+            && upkeep_tuf::fingerprint(&json).starts_with(&fingerprint.to_ascii_lowercase())
+        {
+            return Ok(Some(json));
+        }
+    }
+    Ok(None)
+}
+
 /// Whether the server signs this organization's targets itself (hosted mode).
 pub async fn hosted(state: &crate::AppState, organization_id: i64) -> Result<bool, TufError> {
     let keys = ServerKeys::load(&keys_dir(state, organization_id))?;

@@ -136,7 +136,10 @@ impl World {
     /// Enrolls a new agent against `server_url` (the server's, unless a proxy stands between).
     pub fn enroll_agent(&self, name: &str, server_url: &str) -> PathBuf {
         let token = self.upkeep_ok(&["enroll-token", "create"]).trim().to_owned();
-        assert!(token.starts_with("upe_"), "enroll-token create printed {token:?}");
+        assert!(
+            token.starts_with("upe_") && token.contains('.'),
+            "enroll-token create printed {token:?}"
+        );
         let state = self.agent_state(name);
         self.agent_ok(&state, &["enroll", "--server", server_url, "--token", &token]);
         state

@@ -341,3 +341,41 @@ fn a_director_counter_that_goes_back_is_refused(world: &World) {
     assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.0");
 }
 on_each_backend!(a_director_counter_that_goes_back_is_refused);
+
+/// The enrollment token carries the fingerprint of the root it was made under: an agent handed
+/// another root does not enroll, and one enrolled after a rotation starts from the pinned root
+/// and follows the chain.
+fn the_enrollment_token_pins_the_root(world: &World) {
+    let token = world
+        .upkeep_ok(&["enroll-token", "create", "--uses", "3"])
+        .trim()
+        .to_owned();
+    let (_, fingerprint) = token.rsplit_once('.').expect("a fingerprint after the secret");
+    assert_eq!(fingerprint.len(), 32, "{token}");
+
+    // A different fingerprint (as if the root handed over were another one) is refused.
+    let flipped = if fingerprint.starts_with('0') { "1" } else { "0" };
+    let altered = format!("{}{flipped}{}", &token[..token.len() - 32], &fingerprint[1..]);
+    let state = world.agent_state("ws-altered");
+    let refused = world.agent(&state, &["enroll", "--server", &world.server.url, "--token", &altered]);
+    let stderr = assert_failure(&refused, "enrolling under a root that does not match the token");
+    assert!(stderr.contains("does not match the fingerprint"), "{stderr}");
+    assert!(!state.join("agent.json").exists(), "nothing was trusted");
+
+    // The root rotates after the token was made; the agent still gets (and checks) the pinned one.
+    world.upkeep_ok(&["keys", "rotate-root"]);
+    let agent = world.agent_state("ws");
+    world.agent_ok(&agent, &["enroll", "--server", &world.server.url, "--token", &token]);
+    let enrollment: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(agent.join("agent.json")).expect("agent.json")).expect("json");
+    let pinned: serde_json::Value =
+        serde_json::from_str(enrollment["tuf_root"].as_str().expect("root")).expect("root json");
+    assert_eq!(pinned["signed"]["version"], 1, "the root the token was made under");
+    world.upkeep_ok(&["product", "create", "demo"]);
+    world.publish("demo", "1.0.0", &demo_archive("1.0.0", 0));
+    world.upkeep_ok(&["release", "approve", "demo", "1.0.0"]);
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.0", "--all"]);
+    world.agent_ok(&agent, &["update"]);
+    assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.0");
+}
+on_each_backend!(the_enrollment_token_pins_the_root);
