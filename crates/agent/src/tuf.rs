@@ -10,6 +10,16 @@ use std::time::Duration;
 use upkeep_protocol as proto;
 
 use crate::error::AgentError;
+
+/// Upper bounds on metadata a server (or anyone in between) can make the agent read. Targets may
+/// be long: one entry per approved artifact.
+const LIMITS: tough::Limits = tough::Limits {
+    max_root_size: 512 * 1024,
+    max_targets_size: 16 * 1024 * 1024,
+    max_timestamp_size: 64 * 1024,
+    max_snapshot_size: 1024 * 1024,
+    max_root_updates: 1024,
+};
 use crate::state::{Enrollment, StateDir};
 
 /// Refuses `artifact` unless the organization's signed TUF targets list it, byte for byte.
@@ -41,6 +51,7 @@ pub async fn check_listed(
         .build();
     let repository = tough::RepositoryLoader::new(&root.as_bytes(), url("metadata/")?, url("targets/")?)
         .transport(transport)
+        .limits(LIMITS)
         .datastore(datastore)
         .load()
         .await

@@ -185,7 +185,7 @@ fn offline_approval_and_a_compromised_server(world: &World) {
 }
 on_each_backend!(
     offline_approval_and_a_compromised_server,
-    ["--tuf-timestamp-lifetime", "2s", "--rollout-tick", "300ms"]
+    ["--tuf-timestamp-lifetime", "4s", "--rollout-tick", "500ms"]
 );
 
 /// Offline, the root key rotates on the administrator's machine; agents follow the new root.

@@ -134,15 +134,33 @@ impl Database {
                 return Ok(false);
             }
         }
-        // Only root files are kept forever (clients walk the chain); a new targets or snapshot
-        // file replaces the older ones of its role.
-        for role in [".targets.json", ".snapshot.json"] {
-            if files.iter().any(|(name, _)| name.ends_with(role)) {
-                sqlx::query("DELETE FROM tuf_files WHERE organization_id = $1 AND filename LIKE $2")
-                    .bind(organization_id)
-                    .bind(format!("%{role}"))
-                    .execute(&mut *tx)
-                    .await?;
+        // Only root files are kept forever (clients walk the chain). Of targets and snapshot, the
+        // new file and the one it replaces stay, so a client that read the previous timestamp a
+        // moment ago can still fetch what it names.
+        for (role, suffix) in [("targets", ".targets.json"), ("snapshot", ".snapshot.json")] {
+            if files.iter().any(|(name, _)| name.ends_with(suffix)) {
+                let keep: Vec<String> = files
+                    .iter()
+                    .map(|(name, _)| name.clone())
+                    .filter(|name| name.ends_with(suffix))
+                    .chain(expected.get(role).map(|(v, _)| format!("{v}{suffix}")))
+                    .collect();
+                let current: Vec<String> =
+                    sqlx::query("SELECT filename FROM tuf_files WHERE organization_id = $1 AND filename LIKE $2")
+                        .bind(organization_id)
+                        .bind(format!("%{suffix}"))
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|r| r.try_get("filename"))
+                        .collect::<std::result::Result<_, _>>()?;
+                for old in current.iter().filter(|name| !keep.contains(name)) {
+                    sqlx::query("DELETE FROM tuf_files WHERE organization_id = $1 AND filename = $2")
+                        .bind(organization_id)
+                        .bind(old)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
         }
         for (filename, body) in files {
