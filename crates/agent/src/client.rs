@@ -32,6 +32,18 @@ pub fn http_client(timeout: Option<Duration>) -> Result<reqwest::Client, AgentEr
         .map_err(|e| AgentError::Invalid(format!("building the HTTP client: {e}")))
 }
 
+/// The client for mirrors: no device token is ever attached (they are not trusted), and a mirror
+/// that stops sending is given up after a while so the next source gets its turn.
+pub fn mirror_http_client() -> Result<reqwest::Client, AgentError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(30))
+        .user_agent(concat!("upkeep-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| AgentError::Invalid(format!("building the HTTP client: {e}")))
+}
+
 pub fn validate_server_url(server: &str) -> Result<String, AgentError> {
     let trimmed = server.trim_end_matches('/');
     if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) || trimmed.len() < 10 {

@@ -2,7 +2,7 @@
 //! verifies, installs, reports, and launches products — refusing versions the administrator has
 //! blocked.
 //!
-//! One module per step: [`client`] (HTTP), [`download`] (resumable fetch + digest check),
+//! One module per step: [`client`] (HTTP), [`download`] (mirrors, then resumable fetch; digest check),
 //! [`install`] (signature check, unpack, atomic switch, recovery), [`state`] (the state folder),
 //! [`progress`]; the commands are in [`commands`].
 

@@ -1,8 +1,8 @@
 //! The install pipeline, the same for every update:
 //!
-//! `verify manifest → download (resumable) → verify artifact → session probe → backup hook →
-//! pre-install hook → install → health check → post-install hook → report`, and on a failure after
-//! the install began: `restore → report rolled_back`.
+//! `verify manifest → download (mirrors, then the server, resumable) → verify artifact → session
+//! probe → backup hook → pre-install hook → install → health check → post-install hook → report`,
+//! and on a failure after the install began: `restore → report rolled_back`.
 //!
 //! Crash safety: `journal.json` in the product folder is written before each step starts and after
 //! it ends (written to a temporary name, synced, renamed). [`recover`] runs before anything else
@@ -221,7 +221,14 @@ pub async fn apply(
     }
 
     run.send(S::Downloading, None, None).await;
-    let (file, outcome) = match download::fetch(client, &state.downloads(), &artifact, progress).await {
+    let mirrors = download::mirror_urls(
+        &offer.mirrors,
+        &enrollment.organization,
+        product,
+        &offer.version,
+        &artifact,
+    );
+    let (file, outcome) = match download::fetch(client, &state.downloads(), &artifact, &mirrors, progress).await {
         Ok(x) => x,
         Err(e) => return run.fail(S::Failed, e).await,
     };
@@ -229,7 +236,15 @@ pub async fn apply(
         "verified {} bytes, SHA-256 {}",
         artifact.size, artifact.sha256
     ));
-    let details = serde_json::json!({ "sha256": artifact.sha256, "size": artifact.size, "resumed_from": outcome.resumed_from, "received": outcome.received });
+    let mut details = serde_json::json!({ "sha256": artifact.sha256, "size": artifact.size, "resumed_from": outcome.resumed_from, "received": outcome.received, "source": outcome.source });
+    if !outcome.mirrors_failed.is_empty() {
+        // Tells the administrator which mirror is broken or hostile.
+        details["mirrors_failed"] = outcome
+            .mirrors_failed
+            .iter()
+            .map(|(mirror, reason)| serde_json::json!({ "mirror": mirror, "reason": reason }))
+            .collect();
+    }
     run.send(S::Downloaded, None, Some(details)).await;
 
     if let Some(window) = offer.install_window.as_ref().filter(|w| !w.open) {

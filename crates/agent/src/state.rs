@@ -6,6 +6,7 @@
 //! STATE/outbox.jsonl               reports not yet delivered
 //! STATE/agent.lock                 one agent at a time changes products
 //! STATE/downloads/<sha256>.part    a download in progress (resumed with HTTP Range)
+//! STATE/downloads/<sha256>.mirror  a download from a mirror, moved to `.part` once verified
 //! STATE/products/<p>/versions/<v>/ an unpacked version
 //! STATE/products/<p>/meta/<v>.json the verified manifest of that version
 //! STATE/products/<p>/current       symbolic link to versions/<v>, switched atomically

@@ -549,6 +549,11 @@ pub struct UpdateOffer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_window: Option<InstallWindow>,
     pub manifest: SignedManifest,
+    /// Base URLs of mirrors holding a copy of the TUF targets tree, to try in order before the
+    /// server (the file is at [`mirror_artifact_url`]). Deliberately outside the signed manifest:
+    /// mirrors are not trusted, what they serve is checked against the signed size and SHA-256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -749,5 +754,63 @@ pub fn split_enroll_token(token: &str) -> (&str, Option<&str>) {
             (secret, Some(fingerprint))
         }
         _ => (token, None),
+    }
+}
+
+/// Where an artifact lies in an organization's TUF tree, relative to the tree's root:
+/// `<organization>/targets/<sha256>.<target name>` (consistent snapshots, see [`tuf_target_name`]).
+/// The server serves the tree at `/tuf/`; a mirror holds a copy of it.
+pub fn tuf_target_path(organization: &str, sha256: &str, target_name: &str) -> String {
+    format!("{organization}/targets/{sha256}.{target_name}")
+}
+
+/// The URL of an artifact on a mirror whose base URL is `mirror`: the same layout as the server's
+/// `/tuf/` tree, so a mirror is filled by copying that tree.
+pub fn mirror_artifact_url(mirror: &str, organization: &str, sha256: &str, target_name: &str) -> String {
+    format!(
+        "{}/{}",
+        mirror.trim_end_matches('/'),
+        tuf_target_path(organization, sha256, target_name)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_has_the_layout_of_the_servers_tuf_tree() {
+        let name = tuf_target_name("demo", "1.2.0", "linux-x86_64", "tar.gz", "demo.tar.gz");
+        assert_eq!(
+            tuf_target_path("default", "ab12", &name),
+            "default/targets/ab12.demo_1.2.0_linux-x86_64.tar.gz"
+        );
+        for base in ["https://cdn.example.com/upkeep", "https://cdn.example.com/upkeep/"] {
+            assert_eq!(
+                mirror_artifact_url(base, "default", "ab12", &name),
+                "https://cdn.example.com/upkeep/default/targets/ab12.demo_1.2.0_linux-x86_64.tar.gz"
+            );
+        }
+    }
+
+    #[test]
+    fn offers_without_mirrors_keep_their_old_shape() {
+        let offer = UpdateOffer {
+            rollout_id: 1,
+            version: "1.0.0".into(),
+            mandatory: false,
+            required_reason: None,
+            deadline: None,
+            install_window: None,
+            manifest: SignedManifest {
+                payload: "{}".into(),
+                signature: "x".into(),
+            },
+            mirrors: Vec::new(),
+        };
+        let json = serde_json::to_value(&offer).unwrap();
+        assert!(json.get("mirrors").is_none(), "{json}");
+        let back: UpdateOffer = serde_json::from_value(json).unwrap();
+        assert!(back.mirrors.is_empty());
     }
 }

@@ -66,6 +66,18 @@ pub struct ServeArgs {
     /// Default: DATA/keys/manifest-signing.key.
     #[arg(long, env = "UPKEEP_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// A mirror of the TUF targets tree (repeatable; the variable takes a comma-separated list):
+    /// agents fetch an artifact from MIRROR/<organization>/targets/<sha256>.<target name> first,
+    /// in the order given, and fall back to this server. Mirrors are not trusted: the bytes are
+    /// checked against the signed size and SHA-256.
+    #[arg(
+        long = "mirror",
+        value_name = "URL",
+        env = "UPKEEP_MIRRORS",
+        value_delimiter = ',',
+        value_parser = parse_mirror
+    )]
+    pub mirrors: Vec<String>,
 }
 
 /// Runs the program; returns the process exit code.
@@ -147,6 +159,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             rollout_tick: args.rollout_tick,
             tuf_keys_dir: args.data.join("keys").join("tuf"),
             tuf_timestamp_lifetime: args.tuf_timestamp_lifetime,
+            mirrors: args.mirrors.clone(),
         }),
     };
     let ticker = crate::rollouts::spawn_ticker(state.clone(), args.rollout_tick);
@@ -184,7 +197,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         writeln!(out, "upkeep-server listening on {base}")?;
         out.flush()?;
     }
-    tracing::info!(%address, database = %db::redact_url(&url), "serving");
+    tracing::info!(%address, database = %db::redact_url(&url), mirrors = ?args.mirrors, "serving");
     crate::serve(listener, state, shutdown_signal()).await?;
     ticker.abort();
     notifier.abort();
@@ -224,4 +237,51 @@ fn parse_tick(text: &str) -> Result<std::time::Duration, String> {
                 .ok_or(())
         })
         .map_err(|()| format!("`{text}` is not a duration such as 5s or 200ms"))
+}
+
+/// A `--mirror`: an absolute http(s) URL, returned without its trailing `/` because artifact paths
+/// are appended to it (so it cannot carry a query or a fragment either).
+fn parse_mirror(text: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(text.trim())
+        .map_err(|e| format!("`{text}` is not an absolute URL ({e}); expected http(s)://HOST[:PORT][/PATH]"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("`{text}` is not an http or https URL"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` has no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "`{text}` has a query or a fragment; artifact paths are appended to a mirror's URL"
+        ));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_are_absolute_http_urls() {
+        assert_eq!(
+            parse_mirror("https://cdn.example.com/upkeep/").as_deref(),
+            Ok("https://cdn.example.com/upkeep")
+        );
+        assert_eq!(
+            parse_mirror("http://10.0.0.5:8081").as_deref(),
+            Ok("http://10.0.0.5:8081")
+        );
+        for bad in [
+            "cdn.example.com/upkeep",
+            "/srv/mirror",
+            "ftp://cdn.example.com/upkeep",
+            "file:///srv/mirror",
+            "https://cdn.example.com/upkeep?x=1",
+            "https://cdn.example.com/upkeep#top",
+            "",
+        ] {
+            assert!(parse_mirror(bad).is_err(), "{bad} was accepted");
+        }
+    }
 }

@@ -251,6 +251,7 @@ async fn checkin(
                         next_open: db::format_time(w.next_open),
                     }),
                     manifest,
+                    mirrors: state.settings.mirrors.clone(),
                 })
             }
             None => None,

@@ -50,6 +50,8 @@ pub struct Settings {
     pub tuf_keys_dir: PathBuf,
     /// How long a signed TUF timestamp is valid; it is re-signed when half of it is left.
     pub tuf_timestamp_lifetime: std::time::Duration,
+    /// Base URLs of mirrors of the TUF targets tree, offered to agents in this order.
+    pub mirrors: Vec<String>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -1,7 +1,8 @@
 //! Test helpers shared by upkeep's integration tests: start the real `upkeep-server` binary on
 //! an ephemeral port with a fresh data folder and database (SQLite, or a throwaway PostgreSQL
 //! database when `UPKEEP_TEST_DATABASE_URL` is set), build fixture archives, and put a byte-counting
-//! TCP proxy in front of the server to cut and resume downloads.
+//! TCP proxy in front of the server to cut and resume downloads, and HTTP servers that play
+//! artifact mirrors (a faithful copy of a folder, and a hostile one).
 //!
 //! Nothing here is a mock: every helper starts or talks to a real process or socket.
 
@@ -235,6 +236,43 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A minimal HTTP/1.1 GET that keeps the body as bytes: (status, body). Understands bodies sent
+/// with `Content-Length`, chunked, or until the connection closes.
+pub fn http_get_bytes(addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    let body = &response[end + 4..];
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
+    });
+    if !chunked {
+        return Some((status, body.to_vec()));
+    }
+    let mut decoded = Vec::new();
+    let mut rest = body;
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some((status, decoded));
+        }
+        decoded.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
 /// Builds a `.tar.gz` in memory from (path, contents, mode) entries.
 pub fn tar_gz(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
@@ -447,9 +485,12 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// One HTTP request received by [`WebhookListener`].
+/// One HTTP request received by [`WebhookListener`] or a mirror.
 #[derive(Debug, Clone)]
 pub struct ReceivedRequest {
+    pub method: String,
+    /// The request target, e.g. `/default/targets/<sha256>.demo_1.0.0_linux-x86_64.tar.gz`.
+    pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -499,6 +540,9 @@ fn read_request(stream: &TcpStream) -> Option<ReceivedRequest> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
+    let mut words = line.split_whitespace();
+    let method = words.next()?.to_owned();
+    let path = words.next()?.to_owned();
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -518,7 +562,169 @@ fn read_request(stream: &TcpStream) -> Option<ReceivedRequest> {
         .unwrap_or(0);
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).ok()?;
-    Some(ReceivedRequest { headers, body })
+    Some(ReceivedRequest {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+/// What a [`HostileMirror`] answers to every GET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostility {
+    /// `length` bytes that are not the artifact (right size, wrong SHA-256), with a
+    /// `Content-Length`.
+    WrongBytes,
+    /// Bytes without a `Content-Length` and without end (until the client hangs up, or
+    /// [`HostileMirror::ENDLESS_CAP`] bytes, so a client that never stops reading cannot hang
+    /// a test).
+    Endless,
+}
+
+/// A real HTTP server playing a compromised mirror: whatever is asked, it answers 200 with bytes
+/// that are not the artifact. It records every request and counts the body bytes it sent.
+pub struct HostileMirror {
+    pub url: String,
+    /// How many bytes [`Hostility::WrongBytes`] answers with; set it to the artifact's size once
+    /// that is known (the mirror has to be started before the server that lists it).
+    pub length: Arc<AtomicU64>,
+    /// Body bytes written to clients.
+    pub bytes_sent: Arc<AtomicU64>,
+    received: Arc<std::sync::Mutex<Vec<ReceivedRequest>>>,
+}
+
+impl HostileMirror {
+    /// Where an endless answer stops by itself.
+    pub const ENDLESS_CAP: u64 = 512 * 1024 * 1024;
+
+    pub fn start(hostility: Hostility) -> HostileMirror {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind hostile mirror");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let length = Arc::new(AtomicU64::new(0));
+        let bytes_sent = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (len, sent, store) = (length.clone(), bytes_sent.clone(), received.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (len, sent, store) = (len.clone(), sent.clone(), store.clone());
+                std::thread::spawn(move || {
+                    let Some(request) = read_request(&stream) else { return };
+                    if let Ok(mut all) = store.lock() {
+                        all.push(request);
+                    }
+                    let mut stream = stream;
+                    let _ = answer_hostile(&mut stream, hostility, len.load(Ordering::Relaxed), &sent);
+                    let _ = stream.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        HostileMirror {
+            url,
+            length,
+            bytes_sent,
+            received,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+fn answer_hostile(stream: &mut TcpStream, hostility: Hostility, length: u64, sent: &AtomicU64) -> std::io::Result<()> {
+    // Not the artifact: a repeated pattern (an archive is compressed, never like this).
+    let block = [0x5au8; 64 * 1024];
+    let total = match hostility {
+        Hostility::WrongBytes => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+            )?;
+            length
+        }
+        Hostility::Endless => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n"
+            )?;
+            HostileMirror::ENDLESS_CAP
+        }
+    };
+    let mut left = total;
+    while left > 0 {
+        let n = usize::try_from(left.min(block.len() as u64)).unwrap_or(block.len());
+        stream.write_all(&block[..n])?;
+        sent.fetch_add(n as u64, Ordering::Relaxed);
+        left -= n as u64;
+    }
+    stream.flush()
+}
+
+/// A real HTTP server that serves the files below a folder as they are (GET only, 404 for
+/// anything missing), like a plain web server or CDN in front of a copy of the TUF targets tree.
+/// It records every request and counts the body bytes it sent.
+pub struct StaticMirror {
+    pub url: String,
+    pub root: PathBuf,
+    /// Body bytes written to clients.
+    pub bytes_sent: Arc<AtomicU64>,
+    received: Arc<std::sync::Mutex<Vec<ReceivedRequest>>>,
+}
+
+impl StaticMirror {
+    /// Serves `root`, which may be filled after the start.
+    pub fn start(root: &Path) -> StaticMirror {
+        std::fs::create_dir_all(root).expect("mirror folder");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind static mirror");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let bytes_sent = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (dir, sent, store) = (root.to_owned(), bytes_sent.clone(), received.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (dir, sent, store) = (dir.clone(), sent.clone(), store.clone());
+                std::thread::spawn(move || {
+                    let Some(request) = read_request(&stream) else { return };
+                    let file = request
+                        .path
+                        .split('?')
+                        .next()
+                        .filter(|p| !p.split('/').any(|part| part == ".."))
+                        .map(|p| dir.join(p.trim_start_matches('/')))
+                        .filter(|f| request.method == "GET" && f.is_file());
+                    if let Ok(mut all) = store.lock() {
+                        all.push(request);
+                    }
+                    let mut stream = stream;
+                    let _ = match file.and_then(|f| std::fs::read(f).ok()) {
+                        Some(body) => write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .and_then(|()| stream.write_all(&body))
+                        .map(|()| {
+                            sent.fetch_add(body.len() as u64, Ordering::Relaxed);
+                        }),
+                        None => stream
+                            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+                    };
+                    let _ = stream.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        StaticMirror {
+            url,
+            root: root.to_owned(),
+            bytes_sent,
+            received,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod api;
 mod harness;
 
 mod bad_input;
+mod mirrors;
 mod notifications;
 mod offline;
 mod pipeline;
