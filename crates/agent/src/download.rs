@@ -48,13 +48,7 @@ pub fn mirror_urls(
     version: &str,
     artifact: &proto::Artifact,
 ) -> Vec<String> {
-    let name = proto::tuf_target_name(
-        product,
-        version,
-        &artifact.platform,
-        &artifact.format,
-        &artifact.filename,
-    );
+    let name = crate::tuf::target_name(product, version, artifact);
     mirrors
         .iter()
         .filter_map(|mirror| {

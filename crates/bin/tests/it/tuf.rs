@@ -182,17 +182,7 @@ fn root_rotation_is_followed_and_a_forged_one_refused(world: &World) {
         .build()
         .expect("runtime")
         .block_on(async {
-            let key = upkeep_tuf::generate_key().expect("key");
-            let public = upkeep_tuf::public_key(&key).expect("public").1;
-            let keys = upkeep_tuf::RootKeys {
-                root: public.clone(),
-                targets: public.clone(),
-                snapshot: public.clone(),
-                timestamp: public.clone(),
-                director: public,
-            };
-            let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
-            let root = upkeep_tuf::root_metadata(&keys, std::num::NonZeroU64::new(3).expect("3"), later).expect("root");
+            let (key, root) = stranger_root(3);
             upkeep_tuf::to_json(&upkeep_tuf::sign(root.clone(), &root, &[&key]).await.expect("sign")).expect("json")
         });
     let body = forged.replace('\'', "''");
@@ -253,6 +243,22 @@ fn metadata_signed_by_an_unknown_key_is_refused(world: &World) {
 }
 on_each_backend!(metadata_signed_by_an_unknown_key_is_refused);
 
+/// A key of an attacker's own, and a root at `version` naming it for every role.
+fn stranger_root(version: u64) -> (Vec<u8>, upkeep_tuf::schema::Root) {
+    let key = upkeep_tuf::generate_key().expect("key");
+    let public = upkeep_tuf::public_key(&key).expect("public").1;
+    let keys = upkeep_tuf::RootKeys {
+        root: public.clone(),
+        targets: public.clone(),
+        snapshot: public.clone(),
+        timestamp: public.clone(),
+        director: public,
+    };
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    let version = std::num::NonZeroU64::new(version).expect("version");
+    (key, upkeep_tuf::root_metadata(&keys, version, later).expect("root"))
+}
+
 /// A whole repository (targets, snapshot, timestamp at `version`) listing `entries`, signed by
 /// keys of an attacker's own rather than the organization's.
 pub fn forged_repository(entries: &[upkeep_tuf::TargetEntry], version: u64) -> Vec<(String, String)> {
@@ -261,18 +267,9 @@ pub fn forged_repository(entries: &[upkeep_tuf::TargetEntry], version: u64) -> V
         .build()
         .expect("runtime")
         .block_on(async {
-            let key = upkeep_tuf::generate_key().expect("key");
-            let public = upkeep_tuf::public_key(&key).expect("public").1;
-            let keys = upkeep_tuf::RootKeys {
-                root: public.clone(),
-                targets: public.clone(),
-                snapshot: public.clone(),
-                timestamp: public.clone(),
-                director: public,
-            };
             let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
             let v = std::num::NonZeroU64::new(version).expect("version");
-            let root = upkeep_tuf::root_metadata(&keys, std::num::NonZeroU64::MIN, later).expect("root");
+            let (key, root) = stranger_root(1);
             let targets = upkeep_tuf::targets_metadata(entries, v, later).expect("targets");
             let targets =
                 upkeep_tuf::to_json(&upkeep_tuf::sign(targets, &root, &[&key]).await.expect("sign")).expect("json");
