@@ -48,7 +48,7 @@ pub fn mirror_urls(
     version: &str,
     artifact: &proto::Artifact,
 ) -> Vec<String> {
-    let name = crate::tuf::target_name(product, version, artifact);
+    let name = artifact.target_name(product, version);
     mirrors
         .iter()
         .filter_map(|mirror| {

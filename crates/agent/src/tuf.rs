@@ -22,17 +22,6 @@ const LIMITS: tough::Limits = tough::Limits {
 };
 use crate::state::{Enrollment, StateDir};
 
-/// The flat TUF target name of a release's artifact.
-pub fn target_name(product: &str, version: &str, artifact: &proto::Artifact) -> String {
-    proto::tuf_target_name(
-        product,
-        version,
-        &artifact.platform,
-        &artifact.format,
-        &artifact.filename,
-    )
-}
-
 /// Refuses `artifact` unless the organization's signed TUF targets list it, byte for byte.
 pub async fn check_listed(
     state: &StateDir,
@@ -67,7 +56,7 @@ pub async fn check_listed(
         .load()
         .await
         .map_err(|e| AgentError::Tuf(crate::client::error_chain(&e)))?;
-    let name = target_name(product, version, artifact);
+    let name = artifact.target_name(product, version);
     check_director(state, enrollment, &repository.root().signed, director, &name, artifact)?;
     let target_name = tough::TargetName::new(name.clone()).map_err(|e| AgentError::Tuf(e.to_string()))?;
     let listed = repository

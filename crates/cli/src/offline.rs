@@ -7,8 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use upkeep_protocol as proto;
 use upkeep_tuf::TargetEntry;
 use upkeep_tuf::schema::{RoleType, Root, Signed, Targets};
@@ -37,35 +35,18 @@ fn key_path(dir: &Path, role: &str) -> PathBuf {
     dir.join(format!("{role}.pk8"))
 }
 
-/// Writes a private key readable by its owner only; never replaces one.
 fn write_key(path: &Path, pkcs8: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(STANDARD.encode(pkcs8).as_bytes())?;
-    file.sync_all()?;
-    Ok(())
+    upkeep_tuf::keyfile::write_key(path, pkcs8).with_context(|| format!("creating {}", path.display()))
 }
 
 fn read_key(dir: &Path, role: &str) -> anyhow::Result<Vec<u8>> {
     let path = key_path(dir, role);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading the {role} key {}; pass --keys DIR where `upkeep keys init` put the keys",
+    upkeep_tuf::keyfile::read_key(&path)?.ok_or_else(|| {
+        anyhow!(
+            "there is no {role} key at {}; pass --keys DIR where `upkeep keys init` put the keys",
             path.display()
         )
-    })?;
-    STANDARD
-        .decode(text.trim())
-        .with_context(|| format!("{} is not a key written by upkeep", path.display()))
+    })
 }
 
 /// Writes `text` to `path` through a temporary file, so a crash leaves the old or the new one.
@@ -147,15 +128,11 @@ pub async fn init(client: &Client, dir: &Path) -> anyhow::Result<u64> {
         )
         .await?;
     // What this machine trusts from now on: the root as the server stored it (with both signatures).
-    let stored = status_root(client).await?;
+    let stored = self::status(client).await?.root;
     write_atomic(&dir.join(ROOT_JSON), &stored)?;
     answer["root_version"]
         .as_u64()
         .ok_or_else(|| anyhow!("the server did not say which root version it stored"))
-}
-
-async fn status_root(client: &Client) -> anyhow::Result<String> {
-    Ok(status(client).await?.root)
 }
 
 /// Checks that the server's root is the one kept in `dir` (offline, only this machine can change it).
@@ -208,18 +185,7 @@ pub async fn sign_decision(
     let mine: Vec<TargetEntry> = release
         .artifacts
         .iter()
-        .map(|a| TargetEntry {
-            name: proto::tuf_target_name(product, version, &a.platform, &a.format, &a.filename),
-            sha256: a.sha256.clone(),
-            length: a.size,
-            custom: [
-                ("product".to_owned(), serde_json::json!(product)),
-                ("version".to_owned(), serde_json::json!(version)),
-                ("platform".to_owned(), serde_json::json!(a.platform)),
-            ]
-            .into_iter()
-            .collect(),
-        })
+        .map(|a| TargetEntry::of_artifact(product, version, a))
         .collect();
     let mut entries: Vec<TargetEntry> = upkeep_tuf::entries(&current)
         .into_iter()

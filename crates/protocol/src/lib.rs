@@ -135,6 +135,13 @@ pub struct Artifact {
     pub format: String,
 }
 
+impl Artifact {
+    /// Its flat TUF target name in a release (see [`tuf_target_name`]).
+    pub fn target_name(&self, product: &str, version: &str) -> String {
+        tuf_target_name(product, version, &self.platform, &self.format, &self.filename)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Release {
     pub product: String,

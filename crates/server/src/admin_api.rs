@@ -527,10 +527,10 @@ async fn set_approval(
     // Offline mode: the decision carries the targets metadata the administrator signed, and is
     // refused unless it is signed by the targets key the root names and lists exactly the
     // approved releases after this decision.
-    let hosted = crate::tuf::hosted(state, admin.organization_id)
+    let (keys, repository) = crate::tuf::open(state, admin.organization_id)
         .await
         .map_err(|e| ApiError::Internal(format!("reading the TUF repository: {e}")))?;
-    match (hosted, request.targets.as_deref()) {
+    match (repository.hosted(&keys), request.targets.as_deref()) {
         (true, None) => {}
         (true, Some(_)) => {
             return Err(ApiError::client(
@@ -554,9 +554,7 @@ async fn set_approval(
             let expected = crate::tuf::expected_entries(state, admin.organization_id, release_id, approve)
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
-            crate::tuf::accept_targets(state, admin.organization_id, json, &expected)
-                .await
-                .map_err(|e| tuf_upload_error("targets", e))?;
+            crate::tuf::accept_targets(&repository, json, &expected).map_err(|e| tuf_upload_error("targets", e))?;
         }
     }
     let kind = match approval {

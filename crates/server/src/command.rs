@@ -161,6 +161,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tuf_timestamp_lifetime: args.tuf_timestamp_lifetime,
             mirrors: args.mirrors.clone(),
         }),
+        director_keys: Arc::default(),
     };
     let ticker = crate::rollouts::spawn_ticker(state.clone(), args.rollout_tick);
     let mailer = match &args.smtp_url {

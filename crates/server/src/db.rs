@@ -1105,7 +1105,7 @@ async fn insert_event_at(
     Ok(())
 }
 
-fn artifact_from_row(r: &AnyRow) -> Result<proto::Artifact> {
+pub(crate) fn artifact_from_row(r: &AnyRow) -> Result<proto::Artifact> {
     let size: i64 = r.try_get("size")?;
     Ok(proto::Artifact {
         platform: r.try_get("platform")?,

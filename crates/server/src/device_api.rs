@@ -306,13 +306,7 @@ async fn director_metadata(
             .map_err(|e| crate::tuf::TufError::Metadata(format!("stored manifest: {e}")))?;
         for a in &manifest.artifacts {
             targets.insert(
-                proto::tuf_target_name(
-                    &manifest.product,
-                    &manifest.version,
-                    &a.platform,
-                    &a.format,
-                    &a.filename,
-                ),
+                a.target_name(&manifest.product, &manifest.version),
                 upkeep_tuf::DirectorTarget {
                     length: a.size,
                     sha256: a.sha256.clone(),
@@ -323,7 +317,7 @@ async fn director_metadata(
     if targets.is_empty() {
         return Ok(None);
     }
-    let keys = crate::tuf::ServerKeys::load(&crate::tuf::keys_dir(state, organization_id))?;
+    let key = crate::tuf::director_key(state, organization_id)?;
     let body = upkeep_tuf::DirectorTargets {
         kind: String::new(),
         workstation_id: workstation_id.to_owned(),
@@ -331,7 +325,7 @@ async fn director_metadata(
         expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(DIRECTOR_LIFETIME_H),
         targets,
     };
-    upkeep_tuf::sign_director(body, &keys.director).await.map(Some)
+    upkeep_tuf::sign_director(body, &key).await.map(Some)
 }
 
 async fn report(

@@ -35,6 +35,7 @@ pub struct AppState {
     pub blobs: BlobStore,
     pub signer: Arc<ManifestSigner>,
     pub settings: Arc<Settings>,
+    pub director_keys: Arc<tuf::DirectorKeys>,
 }
 
 /// Server behaviour that handlers need to know.

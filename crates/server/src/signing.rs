@@ -1,7 +1,6 @@
 //! The server's Ed25519 manifest-signing key. Agents pin its public half at enrollment and refuse
 //! any release manifest it did not sign.
 
-use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
@@ -48,7 +47,7 @@ impl ManifestSigner {
                         source,
                     })?;
                 }
-                write_private(path, STANDARD.encode(key.to_bytes()).as_bytes())
+                upkeep_tuf::keyfile::write_private(path, STANDARD.encode(key.to_bytes()).as_bytes())
                     .map_err(|source| SigningError::Write { path: shown, source })?;
                 Ok(ManifestSigner { key })
             }
@@ -68,18 +67,4 @@ impl ManifestSigner {
             signature: STANDARD.encode(signature.to_bytes()),
         })
     }
-}
-
-/// Writes a new secret file readable by its owner only.
-pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
 }

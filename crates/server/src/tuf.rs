@@ -12,8 +12,7 @@
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use upkeep_tuf::keyfile;
 use upkeep_tuf::schema::{RoleType, Root, Signed, Targets};
 use upkeep_tuf::{OnlineVersions, RootKeys, TargetEntry};
 
@@ -52,16 +51,7 @@ impl ServerKeys {
     /// Loads the organization's keys, creating all five on first use.
     pub fn load(dir: &Path) -> Result<Self, TufError> {
         let path = |role: &str| dir.join(format!("{role}.pk8"));
-        let read = |role: &str| -> Result<Option<Vec<u8>>, TufError> {
-            match std::fs::read_to_string(path(role)) {
-                Ok(text) => STANDARD
-                    .decode(text.trim())
-                    .map(Some)
-                    .map_err(|e| TufError::Key(format!("{role} key: {e}"))),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io("reading", &path(role), e)),
-            }
-        };
+        let read = |role: &str| keyfile::read_key(&path(role));
         // The director key is written last: its presence means the set is complete.
         if path("director").exists() {
             let need = |role: &str| read(role)?.ok_or_else(|| TufError::Key(format!("the {role} key is missing")));
@@ -80,8 +70,7 @@ impl ServerKeys {
             let key = upkeep_tuf::generate_key()?;
             // A set cut short earlier is replaced whole.
             let _ = std::fs::remove_file(path(role));
-            crate::signing::write_private(&path(role), STANDARD.encode(&key).as_bytes())
-                .map_err(|e| io("writing", &path(role), e))?;
+            keyfile::write_key(&path(role), &key).map_err(|e| io("writing", &path(role), e))?;
             keys.push(key);
         }
         let [root, targets, snapshot, timestamp, director] =
@@ -129,28 +118,34 @@ impl ServerKeys {
     }
 }
 
+/// Each organization's director key, read from disk once: the check-in path signs with it
+/// whenever it offers an update, and a director key never changes once written
+/// ([`ServerKeys::load`] only creates a set that has none yet).
+#[derive(Debug, Default)]
+pub struct DirectorKeys(std::sync::Mutex<std::collections::HashMap<i64, std::sync::Arc<Vec<u8>>>>);
+
+pub fn director_key(state: &crate::AppState, organization_id: i64) -> Result<std::sync::Arc<Vec<u8>>, TufError> {
+    let cached = |map: &std::collections::HashMap<_, std::sync::Arc<Vec<u8>>>| map.get(&organization_id).cloned();
+    let lock = || {
+        state
+            .director_keys
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(key) = cached(&lock()) {
+        return Ok(key);
+    }
+    let key = std::sync::Arc::new(ServerKeys::load(&keys_dir(state, organization_id))?.director);
+    Ok(lock().entry(organization_id).or_insert(key).clone())
+}
+
 pub fn keys_dir(state: &crate::AppState, organization_id: i64) -> PathBuf {
     state.settings.tuf_keys_dir.join(organization_id.to_string())
 }
 
-/// The flat target name of an artifact: `<product>_<version>_<platform>.<ext>`.
-pub fn target_name(a: &crate::db::ApprovedArtifact) -> String {
-    upkeep_protocol::tuf_target_name(&a.product, &a.version, &a.platform, &a.format, &a.filename)
-}
-
 fn entry(a: &crate::db::ApprovedArtifact) -> TargetEntry {
-    TargetEntry {
-        name: target_name(a),
-        sha256: a.sha256.clone(),
-        length: a.size,
-        custom: [
-            ("product".to_owned(), serde_json::json!(a.product)),
-            ("version".to_owned(), serde_json::json!(a.version)),
-            ("platform".to_owned(), serde_json::json!(a.platform)),
-        ]
-        .into_iter()
-        .collect(),
-    }
+    TargetEntry::of_artifact(&a.product, &a.version, &a.artifact)
 }
 
 fn timestamp_lifetime(state: &crate::AppState) -> jiff::SignedDuration {
@@ -255,8 +250,7 @@ pub async fn current_root(state: &crate::AppState, organization_id: i64) -> Resu
     if !versions.contains_key("timestamp") {
         publish(state, organization_id, None).await?;
     }
-    let keys = ServerKeys::load(&keys_dir(state, organization_id))?;
-    Ok(current(state, organization_id, &keys).await?.root_json)
+    Ok(open(state, organization_id).await?.1.root_json)
 }
 
 /// The stored root whose fingerprint starts with `fingerprint` (roots are kept forever).
@@ -281,10 +275,11 @@ pub async fn root_by_fingerprint(
     Ok(None)
 }
 
-/// Whether the server signs this organization's targets itself (hosted mode).
-pub async fn hosted(state: &crate::AppState, organization_id: i64) -> Result<bool, TufError> {
+/// The organization's keys and its repository as stored now.
+pub async fn open(state: &crate::AppState, organization_id: i64) -> Result<(ServerKeys, Current), TufError> {
     let keys = ServerKeys::load(&keys_dir(state, organization_id))?;
-    Ok(current(state, organization_id, &keys).await?.hosted(&keys))
+    let now = current(state, organization_id, &keys).await?;
+    Ok((keys, now))
 }
 
 /// What `GET /api/v1/tuf` shows.
@@ -293,8 +288,7 @@ pub async fn status(
     organization_id: i64,
     organization: &str,
 ) -> Result<upkeep_protocol::TufStatus, TufError> {
-    let keys = ServerKeys::load(&keys_dir(state, organization_id))?;
-    let now = current(state, organization_id, &keys).await?;
+    let (keys, now) = open(state, organization_id).await?;
     let mut online_keys = std::collections::BTreeMap::new();
     for (role, key) in keys.online_public()? {
         online_keys.insert(role.to_string(), serde_json::to_value(key).map_err(meta)?);
@@ -325,14 +319,10 @@ pub async fn publish(state: &crate::AppState, organization_id: i64, uploaded: Op
         let bump = |role: &str| nonzero(now.version(role) + 1);
         let targets_json = match (uploaded, now.hosted(&keys), &keys.targets) {
             (Some(json), _, _) => {
+                // Checked again here: another process may have published since it was accepted.
                 let targets = upkeep_tuf::parse::<Targets>("targets.json", json)?;
+                check_newer(&targets, &now)?;
                 let version = targets.signed.version;
-                if as_i64(version) <= now.version("targets") {
-                    return Err(TufError::Mismatch(format!(
-                        "targets version {version} is not above the current {}",
-                        now.version("targets")
-                    )));
-                }
                 next.insert(
                     "targets".into(),
                     (as_i64(version), targets.signed.expires.as_millisecond()),
@@ -405,18 +395,8 @@ pub async fn publish(state: &crate::AppState, organization_id: i64, uploaded: Op
     ))
 }
 
-/// Checks targets metadata an administrator signed offline: signed to threshold by the targets
-/// key the current root names, a version above the stored one, and listing exactly `expected`.
-pub async fn accept_targets(
-    state: &crate::AppState,
-    organization_id: i64,
-    json: &str,
-    expected: &[TargetEntry],
-) -> Result<(), TufError> {
-    let keys = ServerKeys::load(&keys_dir(state, organization_id))?;
-    let now = current(state, organization_id, &keys).await?;
-    let targets = upkeep_tuf::parse::<Targets>("targets", json)?;
-    upkeep_tuf::verify(&now.root, &targets)?;
+/// Refuses targets whose version is not above the stored one (a stale or replayed upload).
+fn check_newer(targets: &Signed<Targets>, now: &Current) -> Result<(), TufError> {
     if as_i64(targets.signed.version) <= now.version("targets") {
         return Err(TufError::Mismatch(format!(
             "targets version {} is not above the current {}; sign again from the current targets",
@@ -424,21 +404,21 @@ pub async fn accept_targets(
             now.version("targets")
         )));
     }
-    let key = |e: &TargetEntry| (e.name.clone(), e.sha256.clone(), e.length);
-    let signed: Vec<_> = upkeep_tuf::entries(&targets.signed).iter().map(key).collect();
-    let mut want: Vec<_> = expected.iter().map(key).collect();
-    want.sort();
+    Ok(())
+}
+
+/// Checks targets metadata an administrator signed offline against the repository `now`: signed
+/// to threshold by the targets key its root names, a version above the stored one, and listing
+/// exactly `expected`.
+pub fn accept_targets(now: &Current, json: &str, expected: &[TargetEntry]) -> Result<(), TufError> {
+    let targets = upkeep_tuf::parse::<Targets>("targets", json)?;
+    upkeep_tuf::verify(&now.root, &targets)?;
+    check_newer(&targets, now)?;
+    let listed = upkeep_tuf::entries(&targets.signed);
+    let (signed, want) = (upkeep_tuf::files(&listed), upkeep_tuf::files(expected));
     if signed != want {
-        let missing: Vec<&str> = want
-            .iter()
-            .filter(|w| !signed.contains(w))
-            .map(|w| w.0.as_str())
-            .collect();
-        let extra: Vec<&str> = signed
-            .iter()
-            .filter(|s| !want.contains(s))
-            .map(|s| s.0.as_str())
-            .collect();
+        let missing: Vec<&str> = want.iter().filter(|w| !signed.contains(w)).map(|w| w.0).collect();
+        let extra: Vec<&str> = signed.iter().filter(|s| !want.contains(s)).map(|s| s.0).collect();
         return Err(TufError::Mismatch(format!(
             "the signed targets differ from the approved releases (missing: {missing:?}, not approved: {extra:?})"
         )));
@@ -532,18 +512,12 @@ pub async fn replace_root(
         (Some(json), _) => {
             let targets = upkeep_tuf::parse::<Targets>("targets", json)?;
             upkeep_tuf::verify(&next.signed, &targets)?;
+            check_newer(&targets, &now)?;
             let expected = upkeep_tuf::entries(&targets_of(&now)?);
             let given = upkeep_tuf::entries(&targets.signed);
-            let same = |a: &[TargetEntry], b: &[TargetEntry]| {
-                a.len() == b.len()
-                    && a.iter()
-                        .zip(b)
-                        .all(|(x, y)| (&x.name, &x.sha256, x.length) == (&y.name, &y.sha256, y.length))
-            };
-            if !same(&expected, &given) || as_i64(targets.signed.version) <= now.version("targets") {
+            if upkeep_tuf::files(&expected) != upkeep_tuf::files(&given) {
                 return Err(TufError::Mismatch(
-                    "the targets uploaded with a new root must re-sign the current targets under a higher version"
-                        .into(),
+                    "the targets uploaded with a new root must re-sign the current targets".into(),
                 ));
             }
             Some(json.to_owned())
@@ -600,8 +574,7 @@ pub async fn rotate_root(state: &crate::AppState, organization_id: i64) -> Resul
     // Keep the new key beside the old one until the new root is stored.
     let staged = dir.join("root.pk8.next");
     let _ = std::fs::remove_file(&staged);
-    crate::signing::write_private(&staged, STANDARD.encode(&new_key).as_bytes())
-        .map_err(|e| io("writing", &staged, e))?;
+    keyfile::write_key(&staged, &new_key).map_err(|e| io("writing", &staged, e))?;
     let version = replace_root(state, organization_id, &upkeep_tuf::to_json(&signed)?, None).await?;
     // `replace_root` retired the old key; the new one takes its place.
     let current_key = dir.join("root.pk8");
@@ -672,9 +645,9 @@ async fn target_file(
         .approved_artifacts(organization_id)
         .await?
         .into_iter()
-        .find(|a| a.sha256 == sha256 && target_name(a) == name)
+        .find(|a| a.artifact.sha256 == sha256 && a.target_name() == name)
         .ok_or_else(|| not_found("target"))?;
-    let read = state.blobs.read(&artifact.sha256, None).await?;
+    let read = state.blobs.read(&artifact.artifact.sha256, None).await?;
     axum::response::Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
         .header(axum::http::header::CONTENT_LENGTH, read.total)

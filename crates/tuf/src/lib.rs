@@ -26,6 +26,7 @@ use tough::sign::{Sign, parse_keypair};
 pub use tough::schema;
 
 mod director;
+pub mod keyfile;
 pub use director::{
     DIRECTOR_TYPE, DirectorTarget, DirectorTargets, MAX_DIRECTOR_BYTES, SignedDirector, sign_director, verify_director,
 };
@@ -243,6 +244,22 @@ pub struct TargetEntry {
 }
 
 impl TargetEntry {
+    /// The entry of a release's artifact, with `custom` naming product, version and platform.
+    pub fn of_artifact(product: &str, version: &str, artifact: &upkeep_protocol::Artifact) -> Self {
+        TargetEntry {
+            name: artifact.target_name(product, version),
+            sha256: artifact.sha256.clone(),
+            length: artifact.size,
+            custom: [
+                ("product".to_owned(), serde_json::json!(product)),
+                ("version".to_owned(), serde_json::json!(version)),
+                ("platform".to_owned(), serde_json::json!(artifact.platform)),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
     fn to_target(&self) -> Result<Target, TufError> {
         let sha = hex::decode(&self.sha256).map_err(meta)?;
         Ok(Target {
@@ -270,6 +287,17 @@ pub fn entries(targets: &Targets) -> Vec<TargetEntry> {
         })
         .collect();
     all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
+}
+
+/// What `entries` name — each file's name, SHA-256 and length, sorted — leaving `custom` aside:
+/// two lists with the same files admit the same bytes.
+pub fn files(entries: &[TargetEntry]) -> Vec<(&str, &str, u64)> {
+    let mut all: Vec<_> = entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.sha256.as_str(), e.length))
+        .collect();
+    all.sort_unstable();
     all
 }
 

@@ -7,18 +7,7 @@ use upkeep_test_support::{demo_archive, run_sql};
 use crate::api::Api;
 use crate::harness::{World, assert_failure, files_below};
 use crate::on_each_backend;
-use crate::tuf::forged_repository;
-
-fn release_artifact(world: &World, version: &str) -> serde_json::Value {
-    let listed = world.upkeep_json(&["release", "list", "demo", "--json"]);
-    listed
-        .as_array()
-        .expect("releases")
-        .iter()
-        .find(|r| r["version"] == version)
-        .map(|r| r["artifacts"][0].clone())
-        .expect("the release is listed")
-}
+use crate::tuf::{forged_repository, target_entry};
 
 fn offline_approval_and_a_compromised_server(world: &World) {
     // An agent enrolled while the server still held every key (root 1) follows the move.
@@ -74,13 +63,7 @@ fn offline_approval_and_a_compromised_server(world: &World) {
     assert!(assert_failure(&refused, "approving without the keys").contains("--keys"));
 
     // Targets signed by any other key are refused, with nothing recorded.
-    let artifact = release_artifact(world, "1.0.1");
-    let entry = upkeep_tuf::TargetEntry {
-        name: "demo_1.0.1_linux-x86_64.tar.gz".into(),
-        sha256: artifact["sha256"].as_str().expect("sha").into(),
-        length: artifact["size"].as_u64().expect("size"),
-        custom: Default::default(),
-    };
+    let entry = target_entry(world, "1.0.1");
     let forged = forged_repository(std::slice::from_ref(&entry), 90);
     let (status, body) = api.post(
         "/api/v1/products/demo/releases/1.0.1/approve",
@@ -88,7 +71,7 @@ fn offline_approval_and_a_compromised_server(world: &World) {
         &serde_json::json!({ "targets": forged[0].1 }),
     );
     assert_eq!((status, body["code"].as_str()), (422, Some("bad_signature")), "{body}");
-    assert_eq!(release_artifact(world, "1.0.1")["sha256"], artifact["sha256"]);
+    assert_eq!(target_entry(world, "1.0.1"), entry, "the release is unchanged");
     let listed = world.upkeep_json(&["release", "list", "demo", "--json"]);
     assert!(
         listed
@@ -130,14 +113,7 @@ fn offline_approval_and_a_compromised_server(world: &World) {
 
     // The attacker goes further: new targets listing 1.1.0, signed with a key of their own, stored
     // as the current version; the server signs snapshot and timestamp over them.
-    let new = release_artifact(world, "1.1.0");
-    let bad = upkeep_tuf::TargetEntry {
-        name: "demo_1.1.0_linux-x86_64.tar.gz".into(),
-        sha256: new["sha256"].as_str().expect("sha").into(),
-        length: new["size"].as_u64().expect("size"),
-        custom: Default::default(),
-    };
-    let forged = forged_repository(&[entry, bad], 90);
+    let forged = forged_repository(&[entry, target_entry(world, "1.1.0")], 90);
     let (name, body) = &forged[0];
     run_sql(
         &url,

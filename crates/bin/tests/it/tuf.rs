@@ -90,6 +90,12 @@ fn an_approval_that_was_not_signed_installs_nothing(world: &World) {
     world.upkeep_ok(&["rollout", "create", "demo", "1.1.0", "--all"]);
     let refused = world.agent(&agent, &["update"]);
     let stderr = assert_failure(&refused, "an update the TUF targets do not list");
+    // The director did list it for this workstation: only the image repository stood in the way.
+    let checkin: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(agent.join("last-checkin.json")).expect("last check-in"))
+            .expect("json");
+    let director = checkin["response"]["director"].as_str().expect("director metadata");
+    assert!(director.contains("demo_1.1.0_linux-x86_64.tar.gz"), "{director}");
     assert!(
         stderr.contains("TUF verification failed") && stderr.contains("demo_1.1.0_linux-x86_64.tar.gz"),
         "{stderr}"
@@ -207,16 +213,8 @@ on_each_backend!(root_rotation_is_followed_and_a_forged_one_refused);
 fn metadata_signed_by_an_unknown_key_is_refused(world: &World) {
     let agent = world.demo_installed("ws");
     world.publish("demo", "1.0.1", &demo_archive("1.0.1", 0));
-    let listed = world.upkeep_json(&["release", "list", "demo", "--json"]);
-    let artifact = listed[1]["artifacts"][0].clone();
     // An attacker signs a complete repository listing 1.0.1 — with keys of their own.
-    let entry = upkeep_tuf::TargetEntry {
-        name: "demo_1.0.1_linux-x86_64.tar.gz".into(),
-        sha256: artifact["sha256"].as_str().expect("sha").into(),
-        length: artifact["size"].as_u64().expect("size"),
-        custom: Default::default(),
-    };
-    let files = forged_repository(&[entry], 50);
+    let files = forged_repository(&[target_entry(world, "1.0.1")], 50);
     let url = world.server.database_url();
     run_sql(&url, "DELETE FROM tuf_files WHERE filename NOT LIKE '%.root.json'");
     for (name, body) in &files {
@@ -242,6 +240,22 @@ fn metadata_signed_by_an_unknown_key_is_refused(world: &World) {
     assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.0");
 }
 on_each_backend!(metadata_signed_by_an_unknown_key_is_refused);
+
+/// The targets entry of demo VERSION's artifact, as the server lists the release.
+pub fn target_entry(world: &World, version: &str) -> upkeep_tuf::TargetEntry {
+    let listed = world.upkeep_json(&["release", "list", "demo", "--json"]);
+    let artifact = listed
+        .as_array()
+        .expect("releases")
+        .iter()
+        .find(|r| r["version"] == version)
+        .map(|r| r["artifacts"][0].clone())
+        .expect("the release is listed");
+    let artifact: upkeep_protocol::Artifact = serde_json::from_value(artifact).expect("an artifact");
+    let entry = upkeep_tuf::TargetEntry::of_artifact("demo", version, &artifact);
+    assert_eq!(entry.name, format!("demo_{version}_linux-x86_64.tar.gz"));
+    entry
+}
 
 /// A key of an attacker's own, and a root at `version` naming it for every role.
 fn stranger_root(version: u64) -> (Vec<u8>, upkeep_tuf::schema::Root) {

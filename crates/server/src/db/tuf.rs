@@ -14,11 +14,14 @@ pub struct ApprovedArtifact {
     pub release_id: i64,
     pub product: String,
     pub version: String,
-    pub platform: String,
-    pub filename: String,
-    pub format: String,
-    pub sha256: String,
-    pub size: u64,
+    pub artifact: upkeep_protocol::Artifact,
+}
+
+impl ApprovedArtifact {
+    /// Its flat TUF target name, `<product>_<version>_<platform>.<ext>`.
+    pub fn target_name(&self) -> String {
+        self.artifact.target_name(&self.product, &self.version)
+    }
 }
 
 const ARTIFACT_SELECT: &str = "SELECT r.id AS release_id, p.name AS product, r.version, x.platform, x.filename, x.format, \
@@ -185,10 +188,6 @@ fn artifact_row(r: &sqlx::any::AnyRow) -> Result<ApprovedArtifact> {
         release_id: r.try_get("release_id")?,
         product: r.try_get("product")?,
         version: r.try_get("version")?,
-        platform: r.try_get("platform")?,
-        filename: r.try_get("filename")?,
-        format: r.try_get("format")?,
-        sha256: r.try_get("sha256")?,
-        size: u64::try_from(r.try_get::<i64, _>("size")?).unwrap_or(0),
+        artifact: super::artifact_from_row(r)?,
     })
 }
