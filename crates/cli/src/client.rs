@@ -78,6 +78,15 @@ impl Client {
         self.send(request).await
     }
 
+    /// `PATCH /api/v1/<segments>` with a JSON body.
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, segments: &[&str], body: &B) -> anyhow::Result<T> {
+        let request = self
+            .request(Method::PATCH, segments)?
+            .json(body)
+            .timeout(REQUEST_TIMEOUT);
+        self.send(request).await
+    }
+
     /// `POST /api/v1/<segments>` with a multipart body. No overall time limit: a large artifact
     /// over a slow link takes as long as it takes, and the server then inspects the archive.
     pub async fn post_form<T: DeserializeOwned>(&self, segments: &[&str], form: Form) -> anyhow::Result<T> {

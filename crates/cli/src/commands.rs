@@ -15,7 +15,8 @@ use crate::offline;
 use crate::output::{Columns, Table, countdown, emit, emit_json, emit_while_read, or_dash, size, time, truncate};
 use crate::{
     Command, EnrollTokenCommand, EventsArgs, Hinted, KeysCommand, Kind, LoginArgs, NotifyCommand, NotifyGroupCommand,
-    ProductCommand, ReleaseCommand, RolloutCommand, RolloutCreateArgs, UploadArgs, WorkstationCommand, upload,
+    ProductCommand, ReleaseCommand, RoleArg, RolloutCommand, RolloutCreateArgs, UploadArgs, UserCommand,
+    WorkstationCommand, upload,
 };
 
 /// The server refuses release notes above this size; saying so before the upload saves sending
@@ -39,6 +40,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Login(args) => login(args).await,
         Command::Product(command) => product(command).await,
+        Command::User(command) => user(command).await,
         Command::Release(command) => release(command).await,
         Command::EnrollToken(command) => enroll_token(command).await,
         Command::Rollout(command) => rollout(command).await,
@@ -175,16 +177,36 @@ fn read_password() -> anyhow::Result<String> {
 async fn product(command: ProductCommand) -> anyhow::Result<()> {
     let client = signed_in()?;
     match command {
-        ProductCommand::Create { name, kind, json } => {
+        ProductCommand::Create {
+            name,
+            kind,
+            public,
+            json,
+        } => {
             let kind = match kind {
                 Kind::Client => proto::ProductKind::Client,
                 Kind::Server => proto::ProductKind::Server,
             };
-            let product: proto::Product = client.post(&["products"], &proto::ProductCreate { name, kind }).await?;
+            let product: proto::Product = client
+                .post(&["products"], &proto::ProductCreate { name, kind, public })
+                .await?;
             if json {
                 return emit_json(&product);
             }
             emit(&format!("Created product {} ({})", product.name, product.kind.as_str()))
+        }
+        ProductCommand::Update { name, public, json } => {
+            let product: proto::Product = client
+                .patch(&["products", &name], &proto::ProductUpdate { public: Some(public) })
+                .await?;
+            if json {
+                return emit_json(&product);
+            }
+            emit(&format!(
+                "{} is {} on the download page",
+                product.name,
+                if product.public { "offered" } else { "not offered" }
+            ))
         }
         ProductCommand::List { json } => {
             let products: Vec<proto::Product> = client.get(&["products"], &[]).await?;
@@ -194,9 +216,62 @@ async fn product(command: ProductCommand) -> anyhow::Result<()> {
             if products.is_empty() {
                 return emit("No products yet; create one with `upkeep product create NAME`.");
             }
-            let mut table = Table::new(&["NAME", "KIND", "CREATED"]);
+            let mut table = Table::new(&["NAME", "KIND", "PUBLIC", "CREATED"]);
             for p in &products {
-                table.row([p.name.clone(), p.kind.as_str().to_owned(), time(&p.created_at)]);
+                table.row([
+                    p.name.clone(),
+                    p.kind.as_str().to_owned(),
+                    if p.public { "yes" } else { "no" }.to_owned(),
+                    time(&p.created_at),
+                ]);
+            }
+            emit(&table.render())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// users
+// ---------------------------------------------------------------------------------------------
+
+async fn user(command: UserCommand) -> anyhow::Result<()> {
+    let client = signed_in()?;
+    match command {
+        UserCommand::Create {
+            name,
+            role,
+            password_stdin,
+            json,
+        } => {
+            if !password_stdin {
+                return Err(Hinted::new(
+                    "the password is only read from stdin: add --password-stdin",
+                    "printf '%s\\n' \"$PASSWORD\" | upkeep user create NAME --role viewer --password-stdin",
+                )
+                .into());
+            }
+            let password = read_password()?;
+            let role = match role {
+                RoleArg::Admin => proto::Role::Admin,
+                RoleArg::ReleaseManager => proto::Role::ReleaseManager,
+                RoleArg::Viewer => proto::Role::Viewer,
+            };
+            let user: proto::User = client
+                .post(&["users"], &proto::UserCreate { name, role, password })
+                .await?;
+            if json {
+                return emit_json(&user);
+            }
+            emit(&format!("Created user {} ({})", user.name, user.role.as_str()))
+        }
+        UserCommand::List { json } => {
+            let users: Vec<proto::User> = client.get(&["users"], &[]).await?;
+            if json {
+                return emit_json(&users);
+            }
+            let mut table = Table::new(&["NAME", "ROLE", "CREATED"]);
+            for u in &users {
+                table.row([u.name.clone(), u.role.as_str().to_owned(), time(&u.created_at)]);
             }
             emit(&table.render())
         }

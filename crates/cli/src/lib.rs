@@ -66,6 +66,46 @@ enum Command {
     /// The organization's TUF signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Create and list the people who sign in to the server.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from stdin.
+    #[command(
+        after_help = "printf '%s\\n' \"$PASSWORD\" | upkeep user create alice --role release_manager --password-stdin"
+    )]
+    Create {
+        /// Letters, digits, '.', '_' and '-'.
+        name: String,
+        /// admin: everything, users included; release_manager: products, releases, rollouts;
+        /// viewer: read only.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Read the password (at least 10 characters) from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Print the server's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List users.
+    List {
+        /// Print the server's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Admin,
+    // Spelled as the server spells the role.
+    #[value(name = "release_manager")]
+    ReleaseManager,
+    Viewer,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +190,19 @@ enum ProductCommand {
         /// Where the product runs.
         #[arg(long, value_enum, default_value_t = Kind::Client)]
         kind: Kind,
+        /// Offer its latest approved releases on the public /downloads page.
+        #[arg(long)]
+        public: bool,
+        /// Print the server's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a product: whether /downloads offers it.
+    Update {
+        name: String,
+        /// true: offer its latest approved releases on /downloads; false: stop.
+        #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+        public: bool,
         /// Print the server's JSON instead of text.
         #[arg(long)]
         json: bool,

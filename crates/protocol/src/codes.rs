@@ -34,3 +34,7 @@ pub const SIGNATURE_REQUIRED: &str = "signature_required";
 pub const BAD_SIGNATURE: &str = "bad_signature";
 /// Uploaded TUF metadata is well signed but says something else than it must (version, targets).
 pub const TUF_MISMATCH: &str = "tuf_mismatch";
+/// A state-changing console request came without the session's CSRF token.
+pub const CSRF_FAILED: &str = "csrf_failed";
+pub const USER_EXISTS: &str = "user_exists";
+pub const UNKNOWN_USER: &str = "unknown_user";

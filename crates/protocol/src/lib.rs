@@ -74,13 +74,73 @@ pub struct ProductCreate {
     pub name: String,
     #[serde(default)]
     pub kind: ProductKind,
+    /// Offer its latest approved releases on the public `/downloads` page.
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// `PATCH /products/{product}`: what to change; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProductUpdate {
+    #[serde(default)]
+    pub public: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Product {
     pub name: String,
     pub kind: ProductKind,
+    #[serde(default)]
+    pub public: bool,
     pub created_at: String,
+}
+
+/// `admin` (everything, users), `release_manager` (products, releases, rollouts) or `viewer`
+/// (read only).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    ReleaseManager,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::ReleaseManager, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::ReleaseManager => "release_manager",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// `POST /users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserCreate {
+    pub name: String,
+    pub role: Role,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    pub created_at: String,
+}
+
+/// `POST /auth/password`: the signed-in user's own password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasswordChange {
+    pub current: String,
+    pub new: String,
 }
 
 /// The first part (`metadata`) of a release upload; the second part (`artifact`) is the file.

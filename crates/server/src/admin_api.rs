@@ -3,10 +3,9 @@
 
 use std::path::Path;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Query, Request, State};
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
+use axum::http::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -15,11 +14,12 @@ use upkeep_domain::{parse_version, validate_name, validate_platform, validate_re
 use upkeep_protocol::{self as proto, codes};
 
 use crate::AppState;
-use crate::auth::{self, Admin};
+use crate::auth::{self, Admin, Role};
 use crate::db::{self, EventFilter, NewEvent, NewRelease, NewRollout};
 use crate::error::{ApiError, ApiResult};
 use crate::manifest::{self, InstallSpec};
 use crate::rollouts::{self, RolloutSpec};
+use crate::routes::{Access, BodyLimit, Table};
 use upkeep_archive::{ArchiveError, Format};
 
 /// Release notes larger than this are refused; they are Markdown, not attachments.
@@ -28,33 +28,51 @@ const MAX_METADATA_BYTES: usize = MAX_NOTES_BYTES + 64 * 1024;
 /// After refusing an upload, read at least this much of the rest so the client gets the answer.
 const DISCARD_AT_LEAST: u64 = 64 * 1024 * 1024;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/auth/login", post(login))
-        .route("/products", get(list_products).post(create_product))
-        .route(
+pub(crate) fn routes(t: &mut Table) {
+    use Access::{Public, Role as R, SelfService};
+    use Method as M;
+    use Role::{Admin as A, ReleaseManager as RM, Viewer as V};
+    t.route(M::POST, "/auth/login", Public, login)
+        .route(M::POST, "/auth/password", SelfService, change_password)
+        .route(M::GET, "/products", R(V), list_products)
+        .route(M::POST, "/products", R(RM), create_product)
+        .route(M::PATCH, "/products/{product}", R(RM), update_product)
+        .route(M::GET, "/products/{product}/releases", R(V), list_releases)
+        .route_with(
+            M::POST,
             "/products/{product}/releases",
-            get(list_releases)
-                .post(upload_release)
-                .layer(DefaultBodyLimit::disable()),
+            R(RM),
+            BodyLimit::Upload,
+            upload_release,
         )
-        .route("/products/{product}/releases/{version}/approve", post(approve))
-        .route("/products/{product}/releases/{version}/disapprove", post(disapprove))
-        .route("/enroll-tokens", post(create_enroll_token))
-        .route("/rollouts", get(list_rollouts).post(create_rollout))
-        .route("/rollouts/preview", post(preview_rollout))
-        .route("/rollouts/{id}", get(rollout_report))
-        .route("/rollouts/{id}/{action}", post(rollout_action))
-        .route("/workstations", get(list_workstations))
-        .route("/workstations/{id}", get(show_workstation))
-        .route("/events", get(list_events))
         .route(
-            "/notification-groups",
-            get(list_notification_groups).post(create_notification_group),
+            M::POST,
+            "/products/{product}/releases/{version}/approve",
+            R(RM),
+            approve,
         )
-        .route("/tuf", get(tuf_status))
-        .route("/tuf/root", post(upload_root))
-        .route("/tuf/rotate-root", post(rotate_root))
+        .route(
+            M::POST,
+            "/products/{product}/releases/{version}/disapprove",
+            R(RM),
+            disapprove,
+        )
+        .route(M::POST, "/enroll-tokens", R(A), create_enroll_token)
+        .route(M::GET, "/rollouts", R(V), list_rollouts)
+        .route(M::POST, "/rollouts", R(RM), create_rollout)
+        .route(M::POST, "/rollouts/preview", R(RM), preview_rollout)
+        .route(M::GET, "/rollouts/{id}", R(V), rollout_report)
+        .route(M::POST, "/rollouts/{id}/{action}", R(RM), rollout_action)
+        .route(M::GET, "/workstations", R(V), list_workstations)
+        .route(M::GET, "/workstations/{id}", R(V), show_workstation)
+        .route(M::GET, "/events", R(V), list_events)
+        .route(M::GET, "/notification-groups", R(V), list_notification_groups)
+        .route(M::POST, "/notification-groups", R(A), create_notification_group)
+        .route(M::GET, "/users", R(A), list_users)
+        .route(M::POST, "/users", R(A), create_user)
+        .route(M::GET, "/tuf", R(V), tuf_status)
+        .route(M::POST, "/tuf/root", R(A), upload_root)
+        .route(M::POST, "/tuf/rotate-root", R(A), rotate_root);
 }
 
 /// `Json` whose rejections come out in the API's error shape.
@@ -73,9 +91,49 @@ async fn login(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<proto::LoginRequest>,
 ) -> ApiResult<Json<proto::LoginResponse>> {
-    let user = state.db.find_user(&request.user).await?;
+    let user = check_credentials(&state, &request.user, &request.password).await?;
+    let token = auth::new_token(auth::ADMIN_TOKEN_PREFIX);
+    state
+        .db
+        .insert_api_token(
+            &auth::token_hash(&token),
+            user.id,
+            user.organization_id,
+            db::now_ms() + auth::ADMIN_TOKEN_TTL_MS,
+        )
+        .await?;
+    record_login(&state, &user, "api").await?;
+    Ok(Json(proto::LoginResponse {
+        token,
+        user: user.name,
+        organization: user.organization,
+        role: user.role,
+    }))
+}
+
+/// The audit trail of a sign-in; `via` is `api` or `console`.
+pub(crate) async fn record_login(state: &AppState, user: &db::UserRecord, via: &str) -> ApiResult<()> {
+    state
+        .db
+        .record_event(
+            user.organization_id,
+            &NewEvent {
+                kind: "user.login",
+                actor: &user.name,
+                details: Some(serde_json::json!({ "via": via })),
+                ..NewEvent::default()
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// The user with this name and password, or `401 unauthorized` (the same for an unknown user and
+/// a wrong password).
+pub(crate) async fn check_credentials(state: &AppState, name: &str, password: &str) -> ApiResult<db::UserRecord> {
+    let user = state.db.find_user(name).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
-    let password = request.password.clone();
+    let password = password.to_owned();
     // Argon2 is deliberately slow: keep it off the async workers. Unknown users are checked
     // against nothing, but still pay for one hash so timing does not reveal who exists.
     let ok = tokio::task::spawn_blocking(move || match stored {
@@ -87,52 +145,23 @@ async fn login(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("password check: {e}")))?;
-    let Some(user) = user.filter(|_| ok) else {
-        return Err(ApiError::unauthorized("wrong user name or password"));
-    };
-    let token = auth::new_token(auth::ADMIN_TOKEN_PREFIX);
-    state
-        .db
-        .insert_api_token(
-            &auth::token_hash(&token),
-            user.id,
-            user.organization_id,
-            db::now_ms() + auth::ADMIN_TOKEN_TTL_MS,
-        )
-        .await?;
-    state
-        .db
-        .record_event(
-            user.organization_id,
-            &NewEvent {
-                kind: "user.login",
-                actor: &user.name,
-                ..NewEvent::default()
-            },
-        )
-        .await?;
-    Ok(Json(proto::LoginResponse {
-        token,
-        user: user.name,
-        organization: user.organization,
-        role: user.role,
-    }))
+    user.filter(|_| ok)
+        .ok_or_else(|| ApiError::unauthorized("wrong user name or password"))
 }
 
 async fn list_products(State(state): State<AppState>, admin: Admin) -> ApiResult<Json<Vec<proto::Product>>> {
     Ok(Json(state.db.list_products(admin.organization_id).await?))
 }
 
-async fn create_product(
+pub(crate) async fn create_product(
     State(state): State<AppState>,
     admin: Admin,
     ApiJson(request): ApiJson<proto::ProductCreate>,
 ) -> ApiResult<(StatusCode, Json<proto::Product>)> {
-    admin.require_admin()?;
     validate_name(&request.name)?;
     match state
         .db
-        .create_product(admin.organization_id, &request.name, request.kind)
+        .create_product(admin.organization_id, &request.name, request.kind, request.public)
         .await
     {
         Ok(product) => {
@@ -144,7 +173,7 @@ async fn create_product(
                         kind: "product.created",
                         actor: &admin.user,
                         product: Some(&product.name),
-                        details: Some(serde_json::json!({ "kind": product.kind })),
+                        details: Some(serde_json::json!({ "kind": product.kind, "public": product.public })),
                         ..NewEvent::default()
                     },
                 )
@@ -158,6 +187,147 @@ async fn create_product(
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// `PATCH /products/{product}`: today only whether it is offered on `/downloads`.
+pub(crate) async fn update_product(
+    State(state): State<AppState>,
+    admin: Admin,
+    UrlPath(product): UrlPath<String>,
+    ApiJson(request): ApiJson<proto::ProductUpdate>,
+) -> ApiResult<Json<proto::Product>> {
+    product_id(&state, &admin, &product).await?;
+    if let Some(public) = request.public {
+        state
+            .db
+            .set_product_public(admin.organization_id, &product, public)
+            .await?;
+        state
+            .db
+            .record_event(
+                admin.organization_id,
+                &NewEvent {
+                    kind: "product.updated",
+                    actor: &admin.user,
+                    product: Some(&product),
+                    details: Some(serde_json::json!({ "public": public })),
+                    ..NewEvent::default()
+                },
+            )
+            .await?;
+    }
+    let products = state.db.list_products(admin.organization_id).await?;
+    products
+        .into_iter()
+        .find(|p| p.name == product)
+        .map(Json)
+        .ok_or_else(|| ApiError::Internal(format!("product `{product}` vanished")))
+}
+
+/// Passwords shorter than this are refused.
+pub const MIN_PASSWORD_CHARS: usize = 10;
+
+fn check_new_password(password: &str, field: &'static str) -> ApiResult<()> {
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_CHARS || password.len() > 1024 {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            field,
+            format!("a password has {MIN_PASSWORD_CHARS} to 1024 characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Argon2 off the async workers.
+async fn hash_password(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::Internal(format!("password hashing: {e}")))?
+}
+
+/// `POST /auth/password`: changes the caller's own password and signs them out everywhere else.
+pub(crate) async fn change_password(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiJson(request): ApiJson<proto::PasswordChange>,
+) -> ApiResult<StatusCode> {
+    check_new_password(&request.new, "new")?;
+    let user = state
+        .db
+        .find_user(&admin.user)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("your account no longer exists"))?;
+    let (current, stored) = (request.current.clone(), user.password_hash.clone());
+    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&current, &stored))
+        .await
+        .map_err(|e| ApiError::Internal(format!("password check: {e}")))?;
+    if !ok {
+        return Err(ApiError::client(
+            StatusCode::FORBIDDEN,
+            codes::FORBIDDEN,
+            Some("current"),
+            "the current password is wrong",
+        ));
+    }
+    let hash = hash_password(request.new).await?;
+    let keep = admin.session.as_ref().map(|s| s.token_hash.as_str());
+    state.db.set_password(admin.user_id, &hash, keep).await?;
+    state
+        .db
+        .record_event(
+            admin.organization_id,
+            &NewEvent {
+                kind: "user.password_changed",
+                actor: &admin.user,
+                ..NewEvent::default()
+            },
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn list_users(State(state): State<AppState>, admin: Admin) -> ApiResult<Json<Vec<proto::User>>> {
+    Ok(Json(state.db.list_users(admin.organization_id).await?))
+}
+
+/// `POST /users`: a new user in the caller's organization.
+pub(crate) async fn create_user(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiJson(request): ApiJson<proto::UserCreate>,
+) -> ApiResult<(StatusCode, Json<proto::User>)> {
+    validate_name(&request.name)?;
+    check_new_password(&request.password, "password")?;
+    let hash = hash_password(request.password).await?;
+    let user = match state
+        .db
+        .create_user(admin.organization_id, &request.name, &hash, request.role)
+        .await
+    {
+        Ok(user) => user,
+        Err(db::DbError::Conflict) => {
+            return Err(ApiError::conflict(
+                codes::USER_EXISTS,
+                Some("name"),
+                format!("user `{}` already exists", request.name),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    state
+        .db
+        .record_event(
+            admin.organization_id,
+            &NewEvent {
+                kind: "user.created",
+                actor: &admin.user,
+                details: Some(serde_json::json!({ "user": user.name, "role": user.role })),
+                ..NewEvent::default()
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(user)))
 }
 
 async fn product_id(state: &AppState, admin: &Admin, product: &str) -> ApiResult<i64> {
@@ -200,9 +370,30 @@ async fn upload_release(
     State(state): State<AppState>,
     admin: Admin,
     UrlPath(product): UrlPath<String>,
-    mut multipart: Multipart,
+    multipart: Multipart,
 ) -> ApiResult<(StatusCode, Json<proto::Release>)> {
-    let result = receive_release(&state, &admin, product, &mut multipart).await;
+    let release = upload(&state, &admin, product, multipart, UploadShape::Api).await?;
+    Ok((StatusCode::CREATED, Json(release)))
+}
+
+/// How an upload's fields arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UploadShape {
+    /// A `metadata` part (JSON) then the `artifact` part.
+    Api,
+    /// The console's form: one text part per field (`version`, `platform`, `notes`, `launch`,
+    /// `manifest`, in any order) then the `artifact` part.
+    Form,
+}
+
+pub(crate) async fn upload(
+    state: &AppState,
+    admin: &Admin,
+    product: String,
+    mut multipart: Multipart,
+    shape: UploadShape,
+) -> ApiResult<proto::Release> {
+    let result = receive_release(state, admin, product, &mut multipart, shape).await;
     if result.is_err() {
         // Read the rest of the request before answering: a client still sending its artifact
         // would otherwise see a broken connection instead of the reason.
@@ -229,10 +420,82 @@ async fn receive_release(
     admin: &Admin,
     product: String,
     multipart: &mut Multipart,
-) -> ApiResult<(StatusCode, Json<proto::Release>)> {
-    admin.require_admin()?;
+    shape: UploadShape,
+) -> ApiResult<proto::Release> {
     let product_id = product_id(state, admin, &product).await?;
+    if shape == UploadShape::Form {
+        let mut meta = proto::ReleaseUploadMetadata {
+            version: String::new(),
+            platform: String::new(),
+            notes: None,
+            launch: None,
+            manifest: None,
+        };
+        loop {
+            let mut field =
+                multipart.next_field().await.map_err(upload_error)?.ok_or_else(|| {
+                    ApiError::bad_request(codes::EMPTY_ARTIFACT, "artifact", "choose a file to upload")
+                })?;
+            let name = field.name().unwrap_or_default().to_owned();
+            if name == "artifact" {
+                let plan = plan_release(state, &product, product_id, meta).await?;
+                return store_release(state, admin, product, product_id, plan, field).await;
+            }
+            let mut raw = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(upload_error)? {
+                raw.extend_from_slice(&chunk);
+                if raw.len() > MAX_METADATA_BYTES {
+                    return Err(ApiError::client(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        codes::INVALID_FIELD,
+                        Some("notes"),
+                        "a form field is larger than 1 MiB",
+                    ));
+                }
+            }
+            let text = String::from_utf8(raw).map_err(|_| {
+                ApiError::bad_request(
+                    codes::INVALID_UPLOAD,
+                    "metadata",
+                    format!("the `{name}` field is not UTF-8"),
+                )
+            })?;
+            let optional = |t: String| Some(t).filter(|t| !t.trim().is_empty());
+            match name.as_str() {
+                "version" => meta.version = text.trim().to_owned(),
+                "platform" => meta.platform = text.trim().to_owned(),
+                "notes" => meta.notes = optional(text),
+                "launch" => meta.launch = optional(text.trim().to_owned()),
+                "manifest" => meta.manifest = optional(text),
+                // The CSRF token was checked by the route's guard.
+                _ => {}
+            }
+        }
+    }
+    let meta = read_metadata_part(multipart).await?;
+    let plan = plan_release(state, &product, product_id, meta).await?;
+    let field =
+        multipart.next_field().await.map_err(upload_error)?.ok_or_else(|| {
+            ApiError::bad_request(codes::EMPTY_ARTIFACT, "artifact", "the upload has no artifact part")
+        })?;
+    if field.name() != Some("artifact") {
+        return Err(ApiError::bad_request(
+            codes::INVALID_UPLOAD,
+            "artifact",
+            "the second part must be `artifact`",
+        ));
+    }
+    store_release(state, admin, product, product_id, plan, field).await
+}
 
+/// What the upload's fields say, checked before the artifact is read.
+struct ReleasePlan {
+    meta: proto::ReleaseUploadMetadata,
+    spec: InstallSpec,
+    notes: String,
+}
+
+async fn read_metadata_part(multipart: &mut Multipart) -> ApiResult<proto::ReleaseUploadMetadata> {
     // Part 1: metadata.
     let mut field = multipart
         .next_field()
@@ -267,6 +530,15 @@ async fn receive_release(
             format!("metadata is not valid JSON: {e}"),
         )
     })?;
+    Ok(meta)
+}
+
+async fn plan_release(
+    state: &AppState,
+    product: &str,
+    product_id: i64,
+    meta: proto::ReleaseUploadMetadata,
+) -> ApiResult<ReleasePlan> {
     parse_version(&meta.version)?;
     validate_platform(&meta.platform)?;
     if let Some(launch) = &meta.launch {
@@ -302,21 +574,22 @@ async fn receive_release(
         }
     };
     if state.db.release_exists(product_id, &meta.version).await? {
-        return Err(version_exists(&product, &meta.version));
+        return Err(version_exists(product, &meta.version));
     }
+    Ok(ReleasePlan { meta, spec, notes })
+}
 
-    // Part 2: the artifact.
-    let mut field =
-        multipart.next_field().await.map_err(upload_error)?.ok_or_else(|| {
-            ApiError::bad_request(codes::EMPTY_ARTIFACT, "artifact", "the upload has no artifact part")
-        })?;
-    if field.name() != Some("artifact") {
-        return Err(ApiError::bad_request(
-            codes::INVALID_UPLOAD,
-            "artifact",
-            "the second part must be `artifact`",
-        ));
-    }
+async fn store_release(
+    state: &AppState,
+    admin: &Admin,
+    product: String,
+    product_id: i64,
+    plan: ReleasePlan,
+    mut field: axum::extract::multipart::Field<'_>,
+) -> ApiResult<proto::Release> {
+    let ReleasePlan { meta, spec, notes } = plan;
+
+    // The artifact.
     let filename = field.file_name().unwrap_or_default().to_owned();
     validate_filename(&filename)?;
     // The archive recipe unpacks the artifact; the command recipe hands it to the installer.
@@ -446,7 +719,7 @@ async fn receive_release(
         artifacts: vec![artifact],
         created_at: db::format_time(db::now_ms()),
     };
-    Ok((StatusCode::CREATED, Json(release)))
+    Ok(release)
 }
 
 /// Checks an uploaded archive off the async workers; returns the files it holds.
@@ -483,7 +756,8 @@ fn version_exists(product: &str, version: &str) -> ApiError {
 fn validate_filename(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 255
-        && !name.contains(['/', '\\', '\0', ':'])
+        && !name.contains(['/', '\\', ':', '"'])
+        && !name.chars().any(char::is_control)
         && name != "."
         && name != ".."
         && Path::new(name).file_name().is_some();
@@ -493,12 +767,12 @@ fn validate_filename(name: &str) -> ApiResult<()> {
         Err(ApiError::bad_request(
             codes::INVALID_FIELD,
             "artifact",
-            "the artifact needs a plain file name (no folders), at most 255 bytes",
+            "the artifact needs a plain file name (no folders, quotes or control characters), at most 255 bytes",
         ))
     }
 }
 
-async fn set_approval(
+pub(crate) async fn set_approval(
     state: &AppState,
     admin: &Admin,
     product: &str,
@@ -506,7 +780,6 @@ async fn set_approval(
     approval: proto::ApprovalState,
     request: &proto::ApprovalRequest,
 ) -> ApiResult<Json<proto::Release>> {
-    admin.require_admin()?;
     let reason = request.reason.as_deref();
     parse_version(version)?;
     if reason.is_some_and(|r| r.len() > 4096) {
@@ -642,12 +915,11 @@ async fn disapprove(
     .await
 }
 
-async fn create_enroll_token(
+pub(crate) async fn create_enroll_token(
     State(state): State<AppState>,
     admin: Admin,
     ApiJson(request): ApiJson<proto::EnrollTokenCreate>,
 ) -> ApiResult<(StatusCode, Json<proto::EnrollTokenCreated>)> {
-    admin.require_admin()?;
     if let Some(group) = &request.group {
         validate_name(group).map_err(|e| ApiError::bad_request(codes::INVALID_NAME, "group", e.to_string()))?;
     }
@@ -727,12 +999,11 @@ async fn rollout_release(
     Ok((release_id, approval, spec))
 }
 
-async fn create_rollout(
+pub(crate) async fn create_rollout(
     State(state): State<AppState>,
     admin: Admin,
     ApiJson(request): ApiJson<proto::RolloutCreate>,
 ) -> ApiResult<(StatusCode, Json<proto::RolloutReport>)> {
-    admin.require_admin()?;
     let (release_id, approval, spec) = rollout_release(&state, &admin, &request).await?;
     if approval != proto::ApprovalState::Approved {
         return Err(ApiError::conflict(
@@ -784,7 +1055,7 @@ async fn create_rollout(
 }
 
 /// `POST /rollouts/preview`: the dry run; changes nothing.
-async fn preview_rollout(
+pub(crate) async fn preview_rollout(
     State(state): State<AppState>,
     admin: Admin,
     ApiJson(request): ApiJson<proto::RolloutCreate>,
@@ -800,7 +1071,7 @@ async fn list_rollouts(State(state): State<AppState>, admin: Admin) -> ApiResult
     Ok(Json(rows.iter().map(rollouts::to_proto).collect()))
 }
 
-fn rollout_id(id: &str) -> ApiResult<i64> {
+pub(crate) fn rollout_id(id: &str) -> ApiResult<i64> {
     id.parse().map_err(|_| {
         ApiError::bad_request(
             codes::INVALID_FIELD,
@@ -820,13 +1091,12 @@ async fn rollout_report(
     ))
 }
 
-async fn rollout_action(
+pub(crate) async fn rollout_action(
     State(state): State<AppState>,
     admin: Admin,
     UrlPath((id, action)): UrlPath<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<proto::Rollout>> {
-    admin.require_admin()?;
     if !matches!(action.as_str(), "pause" | "resume" | "cancel") {
         return Err(ApiError::not_found(
             codes::NOT_FOUND,
@@ -880,16 +1150,17 @@ async fn show_workstation(
 }
 
 #[derive(Debug, Deserialize)]
-struct EventQuery {
-    product: Option<String>,
-    workstation: Option<String>,
-    rollout: Option<i64>,
+pub(crate) struct EventQuery {
+    pub product: Option<String>,
+    pub workstation: Option<String>,
+    /// A rollout id; text so that an empty form field means "any".
+    pub rollout: Option<String>,
     /// RFC 3339.
-    since: Option<String>,
+    pub since: Option<String>,
     #[serde(rename = "type")]
-    kind: Option<String>,
-    after: Option<i64>,
-    limit: Option<i64>,
+    pub kind: Option<String>,
+    pub after: Option<i64>,
+    pub limit: Option<i64>,
 }
 
 async fn list_events(
@@ -898,38 +1169,61 @@ async fn list_events(
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<proto::Event>>> {
     let Query(query) = query?;
-    let limit = query.limit.unwrap_or(1000);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            codes::INVALID_FIELD,
-            "limit",
-            "limit must be between 1 and 10000",
-        ));
-    }
-    let since = match &query.since {
-        Some(text) => Some(
-            text.parse::<jiff::Timestamp>()
-                .map(|t| t.as_millisecond())
-                .map_err(|e| {
-                    ApiError::bad_request(
-                        codes::INVALID_FIELD,
-                        "since",
-                        format!("`{text}` is not an RFC 3339 time: {e}"),
-                    )
-                })?,
-        ),
-        None => None,
-    };
-    let filter = EventFilter {
-        product: query.product,
-        workstation: query.workstation,
-        rollout: query.rollout,
-        since,
-        kind: query.kind,
-        after_id: query.after,
-        limit,
-    };
+    let filter = query.filter()?;
     Ok(Json(state.db.list_events(admin.organization_id, &filter).await?))
+}
+
+impl EventQuery {
+    /// The filter it asks for; at most 10,000 events, 1,000 unless it says.
+    pub(crate) fn filter(self) -> ApiResult<EventFilter> {
+        let limit = self.limit.unwrap_or(1000);
+        if !(1..=10_000).contains(&limit) {
+            return Err(ApiError::bad_request(
+                codes::INVALID_FIELD,
+                "limit",
+                "limit must be between 1 and 10000",
+            ));
+        }
+        let since = match self.since.as_deref().filter(|t| !t.is_empty()) {
+            Some(text) => Some(parse_time_filter(text)?),
+            None => None,
+        };
+        let nonempty = |v: Option<String>| v.filter(|t| !t.trim().is_empty());
+        let rollout = match nonempty(self.rollout) {
+            Some(id) => Some(rollout_id(id.trim()).map_err(|_| {
+                ApiError::bad_request(codes::INVALID_FIELD, "rollout", format!("`{id}` is not a rollout id"))
+            })?),
+            None => None,
+        };
+        Ok(EventFilter {
+            product: nonempty(self.product),
+            workstation: nonempty(self.workstation),
+            rollout,
+            since,
+            kind: nonempty(self.kind),
+            after_id: self.after,
+            limit,
+            errors_only: false,
+        })
+    }
+}
+
+/// RFC 3339, or a plain date (`2026-11-23`, from a date picker) read as midnight UTC.
+fn parse_time_filter(text: &str) -> ApiResult<i64> {
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    text.parse::<jiff::civil::Date>()
+        .ok()
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .map(|z| z.timestamp().as_millisecond())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                codes::INVALID_FIELD,
+                "since",
+                format!("`{text}` is not an RFC 3339 time or a YYYY-MM-DD date"),
+            )
+        })
 }
 
 async fn list_notification_groups(
@@ -939,12 +1233,11 @@ async fn list_notification_groups(
     Ok(Json(state.db.notification_groups(admin.organization_id).await?))
 }
 
-async fn create_notification_group(
+pub(crate) async fn create_notification_group(
     State(state): State<AppState>,
     admin: Admin,
     ApiJson(request): ApiJson<proto::NotificationGroupCreate>,
 ) -> ApiResult<(StatusCode, Json<proto::NotificationGroup>)> {
-    admin.require_admin()?;
     validate_name(&request.name)?;
     if request.emails.is_empty() && request.webhooks.is_empty() {
         return Err(ApiError::bad_request(
@@ -1081,7 +1374,6 @@ async fn upload_root(
     admin: Admin,
     ApiJson(upload): ApiJson<proto::TufRootUpload>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    admin.require_admin()?;
     let version = crate::tuf::replace_root(&state, admin.organization_id, &upload.root, upload.targets.as_deref())
         .await
         .map_err(|e| tuf_upload_error("root", e))?;
@@ -1103,7 +1395,6 @@ async fn upload_root(
 /// `POST /tuf/rotate-root` (hosted mode): a new root key, announced in a root signed by the old and
 /// the new key.
 async fn rotate_root(State(state): State<AppState>, admin: Admin) -> ApiResult<Json<serde_json::Value>> {
-    admin.require_admin()?;
     let version = crate::tuf::rotate_root(&state, admin.organization_id)
         .await
         .map_err(|e| match e {

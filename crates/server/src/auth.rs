@@ -5,17 +5,27 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, header};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use upkeep_protocol::codes;
+pub use upkeep_protocol::Role;
 
 use crate::AppState;
+use crate::db::UserRecord;
 use crate::error::ApiError;
 
 pub const ADMIN_TOKEN_PREFIX: &str = "upk_";
 pub const DEVICE_TOKEN_PREFIX: &str = "upd_";
 pub const ENROLL_TOKEN_PREFIX: &str = "upe_";
+pub const SESSION_PREFIX: &str = "ups_";
+
+/// The console's session cookie: HttpOnly, SameSite=Strict, Secure behind TLS.
+pub const SESSION_COOKIE: &str = "upkeep_session";
+/// Where scripts send the session's CSRF token; forms send it as the `csrf` field.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+pub const CSRF_FIELD: &str = "csrf";
+/// How long a console session lives.
+pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
 
 /// How long an admin session token lives.
 pub const ADMIN_TOKEN_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
@@ -50,9 +60,8 @@ pub fn random_password() -> String {
     base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -60,48 +69,109 @@ fn bearer(parts: &Parts) -> Option<&str> {
 }
 
 /// A signed-in administrator; every admin route takes one and scopes its queries to
-/// `organization_id`.
+/// `organization_id`. The route table's guard has already checked the role the route needs.
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub user: String,
+    pub user_id: i64,
     pub organization_id: i64,
-    pub role: String,
+    pub role: Role,
+    /// Set when the request came with the console's session cookie rather than a bearer token.
+    pub session: Option<Session>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub token_hash: String,
+    pub csrf: String,
 }
 
 impl Admin {
-    /// Routes that change anything require the `admin` role.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.role == "admin" {
+    fn from_record(user: UserRecord, session: Option<Session>) -> Result<Self, ApiError> {
+        let role = Role::parse(&user.role).ok_or_else(|| ApiError::Internal(format!("user role `{}`", user.role)))?;
+        Ok(Admin {
+            user: user.name,
+            user_id: user.id,
+            organization_id: user.organization_id,
+            role,
+            session,
+        })
+    }
+
+    /// At least `role`: `admin` may do what a `release_manager` may, who may do what a `viewer` may.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
             Ok(())
         } else {
-            Err(ApiError::client(
-                StatusCode::FORBIDDEN,
-                codes::FORBIDDEN,
-                None,
-                format!("user `{}` has role `{}`; this needs `admin`", self.user, self.role),
-            ))
+            Err(ApiError::forbidden(format!(
+                "user `{}` has role `{}`; this needs `{}`",
+                self.user,
+                self.role.as_str(),
+                role.as_str()
+            )))
         }
     }
+
+    pub fn can(&self, role: Role) -> bool {
+        self.role >= role
+    }
+}
+
+/// The value of the console's session cookie, if the request has one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    cookie_value(headers, SESSION_COOKIE)
+}
+
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
+/// Who is asking: a bearer token (CLI, scripts) or the console's session cookie. `None` when the
+/// request carries neither; an invalid credential is an error, never a fallback to the other.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Admin>, ApiError> {
+    if let Some(token) = bearer(headers) {
+        if !token.starts_with(ADMIN_TOKEN_PREFIX) {
+            return Err(ApiError::unauthorized("this is not an admin token").with_hint("sign in with `upkeep login`"));
+        }
+        let user = state.db.user_for_token(&token_hash(token)).await?.ok_or_else(|| {
+            ApiError::unauthorized("invalid or expired token").with_hint("sign in again with `upkeep login`")
+        })?;
+        return Admin::from_record(user, None).map(Some);
+    }
+    let Some(cookie) = session_cookie(headers) else {
+        return Ok(None);
+    };
+    let hash = token_hash(&cookie);
+    let (user, csrf) = state
+        .db
+        .session_user(&hash)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("your session has ended; sign in again"))?;
+    Admin::from_record(user, Some(Session { token_hash: hash, csrf })).map(Some)
+}
+
+/// Compares secrets without an early exit, so timing tells nothing about how much matched.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)
-            .ok_or_else(|| ApiError::unauthorized("missing bearer token").with_hint("sign in with `upkeep login`"))?;
-        if !token.starts_with(ADMIN_TOKEN_PREFIX) {
-            return Err(ApiError::unauthorized("this is not an admin token").with_hint("sign in with `upkeep login`"));
+        if let Some(admin) = parts.extensions.get::<Admin>() {
+            return Ok(admin.clone());
         }
-        let user = state.db.user_for_token(&token_hash(token)).await?;
-        let user = user.ok_or_else(|| {
-            ApiError::unauthorized("invalid or expired token").with_hint("sign in again with `upkeep login`")
-        })?;
-        Ok(Admin {
-            user: user.name,
-            organization_id: user.organization_id,
-            role: user.role,
-        })
+        authenticate(state, &parts.headers)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token").with_hint("sign in with `upkeep login`"))
     }
 }
 
@@ -116,7 +186,7 @@ impl FromRequestParts<AppState> for Device {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("missing device token"))?;
+        let token = bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("missing device token"))?;
         let found = if token.starts_with(DEVICE_TOKEN_PREFIX) {
             state.db.workstation_for_token(&token_hash(token)).await?
         } else {

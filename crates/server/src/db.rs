@@ -13,9 +13,11 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use upkeep_protocol as proto;
 
+mod console;
 mod notify;
 mod rollouts;
 mod tuf;
+pub use console::{ComponentHost, PublicDownload};
 pub use notify::{Notice, Outgoing};
 pub use rollouts::{NewRollout, RolloutRow};
 pub use tuf::ApprovedArtifact;
@@ -58,10 +60,16 @@ struct Migration {
 }
 
 /// Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../migrations/0002_console.sql"),
+    },
+];
 
 /// The one dialect difference the schema has: auto-increment keys.
 fn for_backend(sql: &str, backend: Backend) -> std::borrow::Cow<'_, str> {
@@ -279,28 +287,34 @@ impl Database {
         organization_id: i64,
         name: &str,
         kind: proto::ProductKind,
+        public: bool,
     ) -> Result<proto::Product> {
         let now = now_ms();
-        sqlx::query("INSERT INTO products (organization_id, name, kind, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(organization_id)
-            .bind(name)
-            .bind(kind.as_str())
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(DbError::from_insert)?;
+        sqlx::query(
+            "INSERT INTO products (organization_id, name, kind, public, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(organization_id)
+        .bind(name)
+        .bind(kind.as_str())
+        .bind(i64::from(public))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(DbError::from_insert)?;
         Ok(proto::Product {
             name: name.to_owned(),
             kind,
+            public,
             created_at: format_time(now),
         })
     }
 
     pub async fn list_products(&self, organization_id: i64) -> Result<Vec<proto::Product>> {
-        let rows = sqlx::query("SELECT name, kind, created_at FROM products WHERE organization_id = $1 ORDER BY name")
-            .bind(organization_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT name, kind, public, created_at FROM products WHERE organization_id = $1 ORDER BY name")
+                .bind(organization_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 let kind: String = r.try_get("kind")?;
@@ -308,6 +322,7 @@ impl Database {
                     name: r.try_get("name")?,
                     kind: proto::ProductKind::parse(&kind)
                         .ok_or_else(|| DbError::Corrupt(format!("product kind {kind}")))?,
+                    public: r.try_get::<i64, _>("public")? != 0,
                     created_at: format_time(r.try_get("created_at")?),
                 })
             })
@@ -955,7 +970,7 @@ impl Database {
         let sql = format!(
             "SELECT id, at, kind, actor, product, version, workstation_id, rollout_id, error_code, message, details FROM events \
              WHERE organization_id = $1 AND ($2 = '' OR product = $2) AND ($3 = '' OR workstation_id = $3) AND id > $4 \
-             AND ($6 = 0 OR rollout_id = $6) AND at >= $7 AND ($8 = '' OR kind = $8 OR kind LIKE $9 ESCAPE '!') \
+             AND ($6 = 0 OR rollout_id = $6) AND at >= $7 AND ($8 = '' OR kind = $8 OR kind LIKE $9 ESCAPE '!') AND ($10 = 0 OR error_code IS NOT NULL) \
              ORDER BY id {order} LIMIT $5"
         );
         // Only the constant `order` is spliced in; every value is a bound parameter.
@@ -969,6 +984,7 @@ impl Database {
             .bind(filter.since.unwrap_or(0))
             .bind(filter.kind.as_deref().unwrap_or(""))
             .bind(format!("{}.%", like_escape(filter.kind.as_deref().unwrap_or(""))))
+            .bind(i64::from(filter.errors_only))
             .fetch_all(&self.pool)
             .await?;
         let mut events = rows
@@ -1009,6 +1025,8 @@ pub struct EventFilter {
     pub kind: Option<String>,
     pub after_id: Option<i64>,
     pub limit: i64,
+    /// Only events that carry an error code (failures, roll-backs).
+    pub errors_only: bool,
 }
 
 #[derive(Debug, Clone)]

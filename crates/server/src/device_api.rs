@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
+use axum::http::Method;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use object_store::GetRange;
 use semver::Version;
 use upkeep_domain::{self as domain, Approval, RolloutView, WorkstationView, parse_version, validate_name};
@@ -21,6 +21,7 @@ use crate::blobs::{BlobError, is_sha256_hex};
 use crate::db::{self, NewWorkstation};
 use crate::error::{ApiError, ApiResult};
 use crate::rollouts;
+use crate::routes::{Access, Table};
 
 /// Bounds on what a device may send.
 const MAX_TEXT: usize = 255;
@@ -28,13 +29,13 @@ const MAX_INSTALLED: usize = 1000;
 const MAX_GROUPS: usize = 64;
 const MAX_REPORT_TEXT: usize = 64 * 1024;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/enroll", post(enroll))
-        .route("/checkin", post(checkin))
-        .route("/reports", post(report))
-        .route("/artifacts/{sha256}", get(download))
-        .route("/wait", get(wait))
+pub(crate) fn routes(t: &mut Table) {
+    use Access::{Device, Public};
+    t.route(Method::POST, "/enroll", Public, enroll)
+        .route(Method::POST, "/checkin", Device, checkin)
+        .route(Method::POST, "/reports", Device, report)
+        .route(Method::GET, "/artifacts/{sha256}", Device, download)
+        .route(Method::GET, "/wait", Device, wait);
 }
 
 fn check_text(field: &'static str, value: &str) -> ApiResult<()> {
@@ -431,7 +432,26 @@ async fn download(
         .artifact_downloadable(device.organization_id, &sha256)
         .await?
         .ok_or_else(not_found)?;
-    let range = match parse_range(&headers, size) {
+    send_artifact(&state, &sha256, size, &headers, None).await
+}
+
+/// Answers a download of a stored artifact of `size` bytes, whole or the requested range (so an
+/// interrupted download resumes). With `filename`, browsers save it under that name.
+pub(crate) async fn send_artifact(
+    state: &AppState,
+    sha256: &str,
+    size: u64,
+    headers: &HeaderMap,
+    filename: Option<&str>,
+) -> ApiResult<Response> {
+    let not_found = || {
+        ApiError::not_found(
+            codes::NOT_FOUND,
+            Some("sha256"),
+            "no approved artifact with this digest",
+        )
+    };
+    let range = match parse_range(headers, size) {
         RangeRequest::All => None,
         RangeRequest::Part(r) => Some(r),
         RangeRequest::Unsatisfiable => {
@@ -449,7 +469,7 @@ async fn download(
         }
     };
     let partial = range.is_some();
-    let read = match state.blobs.read(&sha256, range).await {
+    let read = match state.blobs.read(sha256, range).await {
         Ok(read) => read,
         Err(BlobError::NotFound(_)) => return Err(not_found()),
         Err(e) => return Err(e.into()),
@@ -460,6 +480,20 @@ async fn download(
         .header(header::CONTENT_LENGTH, length)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::ETAG, format!("\"{sha256}\""));
+    if let Some(name) = filename {
+        // Names are checked at upload; keep the header plain ASCII whatever is stored.
+        let plain: String = name
+            .chars()
+            .map(|c| {
+                if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        builder = builder.header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{plain}\""));
+    }
     if partial {
         builder = builder.status(StatusCode::PARTIAL_CONTENT).header(
             header::CONTENT_RANGE,

@@ -64,6 +64,10 @@ impl ApiError {
         Self::client(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED, None, message)
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::client(StatusCode::FORBIDDEN, codes::FORBIDDEN, None, message)
+    }
+
     pub fn with_hint(mut self, text: impl Into<String>) -> Self {
         if let ApiError::Client { hint, .. } = &mut self {
             *hint = Some(text.into());
@@ -104,6 +108,15 @@ impl From<QueryRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let (status, body) = self.into_parts();
+        (status, Json(body)).into_response()
+    }
+}
+
+impl ApiError {
+    /// The status and the body the client is told, whatever shape it is rendered in (JSON for
+    /// the API, a page for the console). Logs the error.
+    pub fn into_parts(self) -> (StatusCode, ErrorResponse) {
         match self {
             ApiError::Client {
                 status,
@@ -120,7 +133,7 @@ impl IntoResponse for ApiError {
                     field: field.map(str::to_owned),
                     hint,
                 };
-                (status, Json(body)).into_response()
+                (status, body)
             }
             other => {
                 // Details stay in the log; the client learns only that it was not its fault.
@@ -131,7 +144,7 @@ impl IntoResponse for ApiError {
                     field: None,
                     hint: None,
                 };
-                (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+                (StatusCode::INTERNAL_SERVER_ERROR, body)
             }
         }
     }

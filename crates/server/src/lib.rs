@@ -8,19 +8,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
 use tokio::net::TcpListener;
 
 pub mod admin_api;
 pub mod auth;
 pub mod blobs;
 pub mod command;
+pub mod console;
 pub mod db;
 pub mod device_api;
 pub mod error;
 pub mod manifest;
 pub mod notify;
 pub mod rollouts;
+pub mod routes;
 pub mod signing;
 pub mod tuf;
 
@@ -56,34 +57,39 @@ pub struct Settings {
 }
 
 pub fn router(state: AppState) -> Router {
-    // Uploads stream and enforce `max_upload_bytes` themselves; this bound stops a body that never
-    // reaches a multipart boundary from being buffered without end.
-    let body_limit =
-        usize::try_from(state.settings.max_upload_bytes.saturating_add(4 * 1024 * 1024)).unwrap_or(usize::MAX);
-    Router::new()
-        .route("/healthz", get(healthz))
-        .nest("/api/v1/device", device_api::routes())
-        .nest("/tuf", tuf::routes())
-        .nest(
-            "/api/v1",
-            admin_api::routes().layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit)),
-        )
+    routes::router(state.clone())
         .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
-async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Result<&'static str, error::ApiError> {
+pub(crate) async fn healthz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<&'static str, error::ApiError> {
     state.db.ping().await?;
     Ok("ok\n")
 }
 
-async fn not_found(uri: axum::http::Uri) -> error::ApiError {
-    error::ApiError::not_found(
+async fn not_found(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let err = error::ApiError::not_found(
         upkeep_protocol::codes::NOT_FOUND,
         None,
         format!("no such route: {}", uri.path()),
-    )
+    );
+    // People following a link get a page; scripts get the API's error shape.
+    let wants_page = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if wants_page {
+        console::refused(err, &method, &uri)
+    } else {
+        axum::response::IntoResponse::into_response(err)
+    }
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in flight.

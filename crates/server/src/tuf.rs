@@ -601,10 +601,20 @@ pub async fn refresh_expiring(state: &crate::AppState) -> Result<(), TufError> {
     Ok(())
 }
 
-pub fn routes() -> axum::Router<crate::AppState> {
-    axum::Router::new()
-        .route("/{organization}/metadata/{file}", axum::routing::get(metadata_file))
-        .route("/{organization}/targets/{file}", axum::routing::get(target_file))
+pub(crate) fn routes(t: &mut crate::routes::Table) {
+    use crate::routes::Access::Public;
+    t.route(
+        axum::http::Method::GET,
+        "/{organization}/metadata/{file}",
+        Public,
+        metadata_file,
+    )
+    .route(
+        axum::http::Method::GET,
+        "/{organization}/targets/{file}",
+        Public,
+        target_file,
+    );
 }
 
 fn not_found(what: &str) -> crate::error::ApiError {

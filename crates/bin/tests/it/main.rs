@@ -6,6 +6,8 @@ mod api;
 mod harness;
 
 mod bad_input;
+mod browser;
+mod console;
 mod mirrors;
 mod notifications;
 mod offline;

@@ -67,11 +67,11 @@ async fn story(url: &str) {
     );
 
     // Products: unique per organization.
-    db.create_product(ORG, "demo", proto::ProductKind::Client)
+    db.create_product(ORG, "demo", proto::ProductKind::Client, false)
         .await
         .expect("product");
     assert!(matches!(
-        db.create_product(ORG, "demo", proto::ProductKind::Server).await,
+        db.create_product(ORG, "demo", proto::ProductKind::Server, false).await,
         Err(DbError::Conflict)
     ));
     let product_id = db.product_id(ORG, "demo").await.expect("lookup").expect("id");
@@ -211,6 +211,80 @@ async fn story(url: &str) {
     assert!(listed[0].last_checkin_at.is_some());
     let approvals = db.approvals_of(ORG, &checkin.installed).await.expect("approvals");
     assert_eq!(approvals.get("demo"), Some(&proto::ApprovalState::Approved));
+
+    // The console's reads and the public download page.
+    assert_eq!(db.workstation_count(ORG).await.expect("count"), 1);
+    let distribution = db.version_distribution(ORG).await.expect("distribution");
+    assert_eq!(distribution.get("demo").and_then(|v| v.get("1.0.0")), Some(&1));
+    assert_eq!(
+        db.component_hosts(ORG, "demo").await.expect("hosts")[0]
+            .installed
+            .as_deref(),
+        Some("1.0.0")
+    );
+    assert!(
+        db.public_downloads().await.expect("public").is_empty(),
+        "not public yet"
+    );
+    assert_eq!(db.public_artifact(&a.sha256).await.expect("public"), None);
+    assert!(db.set_product_public(ORG, "demo", true).await.expect("public"));
+    assert!(!db.set_product_public(ORG, "nosuch", true).await.expect("public"));
+    let public = db.public_downloads().await.expect("public");
+    assert_eq!(public.len(), 1, "only the approved release is offered");
+    assert_eq!(
+        (public[0].version.as_str(), public[0].artifact.sha256.as_str()),
+        ("1.0.0", a.sha256.as_str())
+    );
+    assert_eq!(
+        db.public_artifact(&a.sha256).await.expect("public"),
+        Some((10, "demo.tar.gz".to_owned()))
+    );
+    assert_eq!(
+        db.public_artifact(&b.sha256).await.expect("public"),
+        None,
+        "pending is not public"
+    );
+
+    // Users and console sessions: sessions end on expiry, sign-out and password change.
+    let user = db
+        .create_user(ORG, "vera", "h1", proto::Role::Viewer)
+        .await
+        .expect("user");
+    assert_eq!(user.role, proto::Role::Viewer);
+    assert!(matches!(
+        db.create_user(ORG, "vera", "h2", proto::Role::Admin).await,
+        Err(DbError::Conflict)
+    ));
+    let vera = db.find_user("vera").await.expect("find").expect("vera");
+    let now = upkeep_server::db::now_ms();
+    db.create_session("s1", vera.id, ORG, "csrf1", now + 60_000)
+        .await
+        .expect("session");
+    db.create_session("s2", vera.id, ORG, "csrf2", now + 60_000)
+        .await
+        .expect("session");
+    db.create_session("old", vera.id, ORG, "csrf0", now - 1)
+        .await
+        .expect("session");
+    let (found, csrf) = db.session_user("s1").await.expect("lookup").expect("live session");
+    assert_eq!((found.name.as_str(), csrf.as_str()), ("vera", "csrf1"));
+    assert!(db.session_user("old").await.expect("lookup").is_none(), "expired");
+    db.set_password(vera.id, "h3", Some("s1")).await.expect("password");
+    assert!(
+        db.session_user("s1").await.expect("lookup").is_some(),
+        "the changing session stays"
+    );
+    assert!(
+        db.session_user("s2").await.expect("lookup").is_none(),
+        "other sessions end"
+    );
+    db.delete_session("s1").await.expect("sign out");
+    assert!(db.session_user("s1").await.expect("lookup").is_none());
+    let users = db.list_users(ORG).await.expect("users");
+    assert_eq!(
+        users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        ["admin", "vera"]
+    );
 
     // Rollouts materialize their targets, with waves, and follow reports.
     let targets = proto::RolloutTargets {
