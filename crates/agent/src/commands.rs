@@ -138,6 +138,7 @@ async fn checkin(state: &StateDir, client: &DeviceClient) -> Result<proto::Check
         agent_version: AGENT_VERSION.to_owned(),
         installed: state.installed()?,
         utc_offset_minutes: utc_offset_minutes(),
+        director_counter: crate::tuf::director_counter_seen(state),
     };
     let response: proto::CheckinResponse = client.post_json("/api/v1/device/checkin", &request).await?;
     let cached = CachedCheckin {

@@ -77,6 +77,19 @@ pub async fn check_listed(
 
 /// The director must list `name` for this workstation, with this artifact's length and hash, in
 /// metadata no older than any seen before.
+fn director_counter_path(state: &StateDir) -> std::path::PathBuf {
+    state.root().join("tuf").join("director-counter")
+}
+
+/// The highest director counter accepted so far (0 before the first). Sent with each check-in so
+/// the server can sign its answer with a higher one; answers below it are refused as replays.
+pub fn director_counter_seen(state: &StateDir) -> u64 {
+    std::fs::read_to_string(director_counter_path(state))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn check_director(
     state: &StateDir,
     enrollment: &Enrollment,
@@ -87,11 +100,8 @@ fn check_director(
 ) -> Result<(), AgentError> {
     let json = director.ok_or_else(|| AgentError::Tuf("the check-in answer carries no director metadata".into()))?;
     let key = upkeep_tuf::director_key(root).map_err(|e| AgentError::Tuf(e.to_string()))?;
-    let counter_path = state.root().join("tuf").join("director-counter");
-    let seen: u64 = std::fs::read_to_string(&counter_path)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0);
+    let counter_path = director_counter_path(state);
+    let seen = director_counter_seen(state);
     let listed = upkeep_tuf::verify_director(json, &key, &enrollment.workstation_id, seen, jiff::Timestamp::now())
         .map_err(|e| AgentError::Tuf(e.to_string()))?;
     let target = listed

@@ -235,6 +235,7 @@ async fn checkin(
         agent_version: "0.1.0".into(),
         installed,
         utc_offset_minutes: 0,
+        director_counter: 0,
     })?;
     let http = client(connections)?;
     let url = format!("{}/api/v1/device/checkin", server.trim_end_matches('/'));

@@ -553,6 +553,10 @@ pub struct CheckinRequest {
     /// The workstation's clock offset from UTC, for local deadlines and maintenance windows.
     #[serde(default)]
     pub utc_offset_minutes: i32,
+    /// The highest director counter this agent has accepted. The server signs the next answer
+    /// with a higher one, so it keeps no per-workstation counter and a check-in writes nothing.
+    #[serde(default)]
+    pub director_counter: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -176,10 +176,12 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 /// An enrolled workstation, identified by its device token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Device {
     pub workstation_id: String,
     pub organization_id: i64,
+    /// The check-in cache's entry for it.
+    pub cached: std::sync::Arc<crate::checkin_cache::CachedDevice>,
 }
 
 impl FromRequestParts<AppState> for Device {
@@ -188,17 +190,18 @@ impl FromRequestParts<AppState> for Device {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("missing device token"))?;
         let found = if token.starts_with(DEVICE_TOKEN_PREFIX) {
-            state.db.workstation_for_token(&token_hash(token)).await?
+            state.checkin_cache.device(&state.db, token).await?
         } else {
             None
         };
-        let (workstation_id, organization_id) = found.ok_or_else(|| {
+        let cached = found.ok_or_else(|| {
             ApiError::unauthorized("unknown device token")
                 .with_hint("enroll this workstation again with `upkeep-agent enroll`")
         })?;
         Ok(Device {
-            workstation_id,
-            organization_id,
+            workstation_id: cached.workstation_id.clone(),
+            organization_id: cached.organization_id,
+            cached,
         })
     }
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::blobs::BlobStore;
+use crate::checkin_cache::{CacheSettings, CheckinCache};
 use crate::db::{self, Database};
 use crate::signing::ManifestSigner;
 use crate::{AppState, Settings, auth};
@@ -78,6 +79,14 @@ pub struct ServeArgs {
         value_parser = parse_mirror
     )]
     pub mirrors: Vec<String>,
+    /// How often this process looks for changes other server processes made to approvals and
+    /// rollouts (check-ins are answered from memory in between).
+    #[arg(long, env = "UPKEEP_CACHE_REFRESH", default_value = "250ms", value_parser = parse_tick)]
+    pub cache_refresh: std::time::Duration,
+    /// A workstation's last check-in time is stored at most this often; a check-in that changes
+    /// nothing else writes nothing at once.
+    #[arg(long, env = "UPKEEP_LAST_CHECKIN_PRECISION", default_value = "10s", value_parser = parse_tick)]
+    pub last_checkin_precision: std::time::Duration,
 }
 
 /// Runs the program; returns the process exit code.
@@ -162,8 +171,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             mirrors: args.mirrors.clone(),
         }),
         director_keys: Arc::default(),
+        checkin_cache: Arc::new(CheckinCache::new(CacheSettings {
+            refresh: args.cache_refresh,
+            last_checkin_precision: args.last_checkin_precision,
+            ..CacheSettings::default()
+        })),
     };
     let ticker = crate::rollouts::spawn_ticker(state.clone(), args.rollout_tick);
+    let refresher = crate::checkin_cache::spawn_refresher(state.clone());
     let mailer = match &args.smtp_url {
         Some(url) => {
             Some(crate::notify::Mailer::new(url, &args.smtp_from).map_err(|e| anyhow::anyhow!("--smtp-url: {e}"))?)
@@ -199,9 +214,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(%address, database = %db::redact_url(&url), mirrors = ?args.mirrors, "serving");
-    crate::serve(listener, state, shutdown_signal()).await?;
+    crate::serve(listener, state.clone(), shutdown_signal()).await?;
     ticker.abort();
     notifier.abort();
+    refresher.abort();
+    // Check-in times still waiting for their batch.
+    if let Err(e) = state.checkin_cache.flush(&db).await {
+        tracing::warn!(error = %e, "storing the last check-in times");
+    }
     db.close().await;
     Ok(())
 }

@@ -13,10 +13,12 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use upkeep_protocol as proto;
 
+mod checkin;
 mod console;
 mod notify;
 mod rollouts;
 mod tuf;
+pub use checkin::{DeviceFacts, StoredDevice};
 pub use console::{ComponentHost, PublicDownload};
 pub use notify::{Notice, Outgoing};
 pub use rollouts::{NewRollout, RolloutRow};
@@ -646,95 +648,6 @@ impl Database {
         .await?;
         tx.commit().await?;
         Ok(Some((organization_id, organization)))
-    }
-
-    pub async fn workstation_for_token(&self, token_hash: &str) -> Result<Option<(String, i64)>> {
-        let row = sqlx::query("SELECT id, organization_id FROM workstations WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok((r.try_get("id")?, r.try_get("organization_id")?)))
-            .transpose()
-    }
-
-    /// Records a check-in: the workstation's facts and what it has installed now. Returns its
-    /// groups and its new director counter.
-    pub async fn record_checkin(
-        &self,
-        organization_id: i64,
-        workstation_id: &str,
-        request: &proto::CheckinRequest,
-    ) -> Result<(Vec<String>, i64)> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let counter: i64 = sqlx::query(
-            "UPDATE workstations SET hostname = $1, os = $2, arch = $3, agent_version = $4, last_checkin_at = $5, \
-             director_counter = director_counter + 1 WHERE id = $6 RETURNING director_counter",
-        )
-        .bind(&request.hostname)
-        .bind(&request.os)
-        .bind(&request.arch)
-        .bind(&request.agent_version)
-        .bind(now)
-        .bind(workstation_id)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("director_counter")?;
-        sqlx::query("DELETE FROM installed_versions WHERE workstation_id = $1")
-            .bind(workstation_id)
-            .execute(&mut *tx)
-            .await?;
-        for installed in &request.installed {
-            sqlx::query(
-                "INSERT INTO installed_versions (workstation_id, product, version, updated_at, organization_id) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(workstation_id)
-            .bind(&installed.product)
-            .bind(&installed.version)
-            .bind(now)
-            .bind(organization_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(DbError::from_insert)?;
-        }
-        let groups =
-            sqlx::query("SELECT group_name FROM workstation_groups WHERE workstation_id = $1 ORDER BY group_name")
-                .bind(workstation_id)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get("group_name"))
-                .collect::<Result<Vec<String>, _>>()?;
-        tx.commit().await?;
-        Ok((groups, counter))
-    }
-
-    /// Approval, in the organization, of each (product, version) given; unknown releases are left out.
-    pub async fn approvals_of(
-        &self,
-        organization_id: i64,
-        installed: &[proto::InstalledProduct],
-    ) -> Result<BTreeMap<String, proto::ApprovalState>> {
-        let mut out = BTreeMap::new();
-        for item in installed {
-            let row = sqlx::query(
-                "SELECT COALESCE(a.state, 'pending') AS state FROM releases r JOIN products p ON p.id = r.product_id \
-                 LEFT JOIN approvals a ON a.release_id = r.id AND a.organization_id = $1 \
-                 WHERE p.organization_id = $1 AND p.name = $2 AND r.version = $3",
-            )
-            .bind(organization_id)
-            .bind(&item.product)
-            .bind(&item.version)
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(row) = row {
-                let state: String = row.try_get("state")?;
-                if let Some(state) = proto::ApprovalState::parse(&state) {
-                    out.insert(item.product.clone(), state);
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Approval of every release of the organization, by (product, version).

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use object_store::GetRange;
 use semver::Version;
-use upkeep_domain::{self as domain, Approval, RolloutView, WorkstationView, parse_version, validate_name};
+use upkeep_domain::{self as domain, Approval, WorkstationView, parse_version, validate_name};
 use upkeep_protocol::{self as proto, codes};
 
 use crate::AppState;
@@ -170,46 +170,74 @@ async fn checkin(
         }
     }
 
-    let (groups, counter) = state
-        .db
-        .record_checkin(device.organization_id, &device.workstation_id, &request)
-        .await?;
-    let approvals: BTreeMap<String, Approval> = state
-        .db
-        .approvals_of(device.organization_id, &request.installed)
-        .await?
-        .into_iter()
-        .map(|(product, a)| (product, rollouts::approval(a)))
-        .collect();
     let now = db::now_ms();
-    let rollouts: Vec<RolloutView> = state
-        .db
-        .rollouts(device.organization_id, None, true)
-        .await?
+    let cache = &state.checkin_cache;
+    cache.record_checkin(&state.db, &device.cached, &request, now).await?;
+    let snapshot = cache.snapshot(&state.db, device.organization_id).await?;
+    let approvals: BTreeMap<String, Approval> = request
+        .installed
         .iter()
-        .filter_map(rollouts::to_view)
+        .filter_map(|i| Some((i.product.clone(), snapshot.approval(&i.product, &i.version)?)))
         .collect();
-    let mut first_offered = state.db.first_offers(&device.workstation_id).await?;
-    // Rollouts that already offered their update here: nothing to record again (no write on a
-    // check-in that changes nothing).
-    let already_offered: std::collections::BTreeSet<i64> = first_offered.keys().copied().collect();
+
     // A rollout offering its update for the first time does so now (it is recorded below), so a
-    // deadline counted from the first offer starts now.
-    for r in &rollouts {
-        first_offered.entry(r.id).or_insert(now);
-    }
-    let view = WorkstationView {
-        id: &device.workstation_id,
-        groups: &groups,
-        installed: &installed,
-        installed_approvals: &approvals,
-        first_offered: &first_offered,
-        utc_offset_minutes: request.utc_offset_minutes,
-        now,
+    // deadline counted from the first offer starts now. If another server process recorded an
+    // earlier first offer meanwhile, the decision is taken again with the stored time.
+    let mut stored_first_offers = device.cached.first_offered();
+    let decisions = loop {
+        let mut first_offered = stored_first_offers.clone();
+        for r in &snapshot.rollouts {
+            first_offered.entry(r.id).or_insert(now);
+        }
+        let view = WorkstationView {
+            id: &device.workstation_id,
+            groups: &device.cached.groups,
+            installed: &installed,
+            installed_approvals: &approvals,
+            first_offered: &first_offered,
+            utc_offset_minutes: request.utc_offset_minutes,
+            now,
+        };
+        let decisions = domain::decide(&view, &snapshot.rollouts);
+        // (rollout, wave, installed version) of each rollout that offers its update for the first time.
+        let first_offers: Vec<(i64, u32, Option<String>)> = decisions
+            .iter()
+            .filter_map(|d| {
+                let u = d.update.as_ref()?;
+                (!stored_first_offers.contains_key(&u.rollout_id))
+                    .then(|| (u.rollout_id, u.wave, d.installed.as_ref().map(Version::to_string)))
+            })
+            .collect();
+        if first_offers.is_empty() {
+            break decisions;
+        }
+        for (rollout_id, wave, from_version) in &first_offers {
+            state
+                .db
+                .mark_notified(
+                    device.organization_id,
+                    *rollout_id,
+                    &device.workstation_id,
+                    from_version.as_deref(),
+                    *wave,
+                    now,
+                )
+                .await?;
+        }
+        let recorded = state.db.first_offers(&device.workstation_id).await?;
+        device.cached.set_first_offered(recorded.clone());
+        let same = recorded
+            .iter()
+            .all(|(id, at)| stored_first_offers.get(id).is_some_and(|t| t == at) || *at == now);
+        if same {
+            break decisions;
+        }
+        stored_first_offers = recorded;
     };
 
-    let mut instructions = Vec::new();
-    for decision in domain::decide(&view, &rollouts) {
+    let mut instructions = Vec::with_capacity(decisions.len());
+    let mut director_targets = BTreeMap::new();
+    for decision in decisions {
         let installed_version = decision.installed.as_ref().map(Version::to_string);
         let block = decision.block.map(|domain::BlockReason::Disapproved| proto::Block {
             code: codes::INSTALLED_VERSION_DISAPPROVED,
@@ -222,24 +250,10 @@ async fn checkin(
         let update = match &decision.update {
             Some(update) => {
                 let version = update.version.to_string();
-                let manifest = state
-                    .db
-                    .signed_manifest(device.organization_id, &decision.product, &version)
-                    .await?
+                let offer = snapshot
+                    .offer(&decision.product, &version)
                     .ok_or_else(|| ApiError::Internal(format!("rollout {} has no manifest", update.rollout_id)))?;
-                if !already_offered.contains(&update.rollout_id) {
-                    state
-                        .db
-                        .mark_notified(
-                            device.organization_id,
-                            update.rollout_id,
-                            &device.workstation_id,
-                            installed_version.as_deref(),
-                            update.wave,
-                            now,
-                        )
-                        .await?;
-                }
+                director_targets.extend(offer.director_targets.iter().map(|(k, v)| (k.clone(), v.clone())));
                 Some(proto::UpdateOffer {
                     rollout_id: update.rollout_id,
                     version,
@@ -251,7 +265,7 @@ async fn checkin(
                         open: w.open,
                         next_open: db::format_time(w.next_open),
                     }),
-                    manifest,
+                    manifest: offer.manifest.clone(),
                     mirrors: state.settings.mirrors.clone(),
                 })
             }
@@ -276,13 +290,13 @@ async fn checkin(
         &state,
         device.organization_id,
         &device.workstation_id,
-        counter,
-        &instructions,
+        request.director_counter.saturating_add(1),
+        director_targets,
     )
     .await
     .map_err(|e| ApiError::Internal(format!("signing director metadata: {e}")))?;
     Ok(Json(proto::CheckinResponse {
-        server_time: db::format_time(db::now_ms()),
+        server_time: db::format_time(now),
         instructions,
         director,
     }))
@@ -292,29 +306,15 @@ async fn checkin(
 const DIRECTOR_LIFETIME_H: i64 = 24;
 
 /// The director's signed list of the target files this workstation is offered now (`None` when
-/// nothing is offered).
+/// nothing is offered). The counter is above the highest the agent says it has accepted, so a
+/// replayed older answer is refused by the agent while the server keeps no counter of its own.
 async fn director_metadata(
     state: &AppState,
     organization_id: i64,
     workstation_id: &str,
-    counter: i64,
-    instructions: &[proto::ProductInstruction],
+    counter: u64,
+    targets: BTreeMap<String, upkeep_tuf::DirectorTarget>,
 ) -> Result<Option<String>, crate::tuf::TufError> {
-    let mut targets = BTreeMap::new();
-    for instruction in instructions {
-        let Some(update) = &instruction.update else { continue };
-        let manifest: proto::ReleaseManifest = serde_json::from_str(&update.manifest.payload)
-            .map_err(|e| crate::tuf::TufError::Metadata(format!("stored manifest: {e}")))?;
-        for a in &manifest.artifacts {
-            targets.insert(
-                a.target_name(&manifest.product, &manifest.version),
-                upkeep_tuf::DirectorTarget {
-                    length: a.size,
-                    sha256: a.sha256.clone(),
-                },
-            );
-        }
-    }
     if targets.is_empty() {
         return Ok(None);
     }
@@ -322,7 +322,7 @@ async fn director_metadata(
     let body = upkeep_tuf::DirectorTargets {
         kind: String::new(),
         workstation_id: workstation_id.to_owned(),
-        counter: u64::try_from(counter).unwrap_or(0),
+        counter,
         expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(DIRECTOR_LIFETIME_H),
         targets,
     };

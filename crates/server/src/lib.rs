@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 pub mod admin_api;
 pub mod auth;
 pub mod blobs;
+pub mod checkin_cache;
 pub mod command;
 pub mod console;
 pub mod db;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub signer: Arc<ManifestSigner>,
     pub settings: Arc<Settings>,
     pub director_keys: Arc<tuf::DirectorKeys>,
+    /// What check-ins read, kept in memory and invalidated through the database.
+    pub checkin_cache: Arc<checkin_cache::CheckinCache>,
 }
 
 /// Server behaviour that handlers need to know.

@@ -352,7 +352,18 @@ pub async fn change_state(
 
 /// One pass over the live rollouts of every organization.
 pub async fn tick(state: &AppState) -> Result<(), db::DbError> {
+    let changed = tick_rollouts(state).await?;
+    if changed {
+        // Check-ins decide from cached rollouts: every server process must read them again.
+        state.checkin_cache.changed(&state.db).await?;
+    }
+    Ok(())
+}
+
+/// Starts, advances, pauses and completes rollouts; true when any of them changed.
+async fn tick_rollouts(state: &AppState) -> Result<bool, db::DbError> {
     let now = db::now_ms();
+    let mut changed = false;
     for (id, organization_id) in state.db.rollouts_to_tick().await? {
         let Some(row) = state
             .db
@@ -377,7 +388,7 @@ pub async fn tick(state: &AppState) -> Result<(), db::DbError> {
                 let mut e = event("rollout.started", None);
                 e.product = Some(&row.product);
                 e.version = Some(&row.version);
-                state
+                changed |= state
                     .db
                     .transition_rollout(organization_id, id, &["scheduled"], "active", None, &e)
                     .await?;
@@ -416,6 +427,7 @@ pub async fn tick(state: &AppState) -> Result<(), db::DbError> {
                         serde_json::json!({ "wave": wave + 1, "percent": plan.percents[wave as usize], "installed": stats.installed, "failed": stats.failed }),
                     );
                     if state.db.open_wave(organization_id, id, opened, &e).await? {
+                        changed = true;
                         tracing::info!(rollout = id, wave = wave + 1, "opened wave");
                     }
                     continue;
@@ -440,6 +452,7 @@ pub async fn tick(state: &AppState) -> Result<(), db::DbError> {
                         .transition_rollout(organization_id, id, &["active"], "paused", Some(&reason), &e)
                         .await?
                     {
+                        changed = true;
                         tracing::warn!(rollout = id, ratio, "rollout paused itself");
                         let notice = crate::notify::paused_notice(&row.product, &row.version, id, &reason);
                         state.db.notify(organization_id, &notice).await?;
@@ -456,14 +469,14 @@ pub async fn tick(state: &AppState) -> Result<(), db::DbError> {
                 let mut e = event("rollout.completed", None);
                 e.product = Some(&row.product);
                 e.version = Some(&row.version);
-                state
+                changed |= state
                     .db
                     .transition_rollout(organization_id, id, &["active"], "completed", None, &e)
                     .await?;
             }
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Runs [`tick`] every `interval` until the process ends.

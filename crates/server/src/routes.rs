@@ -189,7 +189,18 @@ async fn guard_request(State(guard): State<Guard>, request: Request, next: Next)
     let method = request.method().clone();
     let uri = request.uri().clone();
     match admit(&guard, request).await {
-        Ok(request) => next.run(request).await,
+        Ok(request) => {
+            let response = next.run(request).await;
+            // Whatever an administrator changes may change a check-in's answer: every server
+            // process drops its cached decisions (see `checkin_cache`).
+            if method != Method::GET
+                && matches!(guard.access, Access::Role(_))
+                && let Err(e) = guard.app.checkin_cache.changed(&guard.app.db).await
+            {
+                tracing::error!(error = %e, "marking cached check-in decisions stale");
+            }
+            response
+        }
         Err(err) => match guard.surface {
             Surface::Api => err.into_response(),
             Surface::Console => crate::console::refused(err, &method, &uri),

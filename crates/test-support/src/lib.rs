@@ -727,6 +727,82 @@ impl StaticMirror {
     }
 }
 
+/// An HTTP proxy in front of the server that keeps the first answer to a given path and, once
+/// told to, answers every later request to that path with it: a network attacker replaying an
+/// old answer. Other requests are forwarded unchanged, one connection each.
+pub struct ReplayProxy {
+    pub url: String,
+    /// While set, requests to the recorded path get the recorded answer.
+    pub replay: Arc<AtomicBool>,
+    recorded: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+impl ReplayProxy {
+    /// Records the first answer to `path` that contains `marker`.
+    pub fn start(upstream: SocketAddr, path: &'static str, marker: &'static str) -> ReplayProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind replay proxy");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let replay = Arc::new(AtomicBool::new(false));
+        let recorded: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
+        let (replaying, kept) = (replay.clone(), recorded.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (replaying, kept) = (replaying.clone(), kept.clone());
+                std::thread::spawn(move || {
+                    let Some(request) = read_request(&stream) else { return };
+                    let mut stream = stream;
+                    if request.path == path && replaying.load(Ordering::SeqCst) {
+                        let answer = kept.lock().ok().and_then(|k| k.clone());
+                        if let Some(answer) = answer {
+                            let _ = stream.write_all(&answer);
+                            return;
+                        }
+                    }
+                    let Some(answer) = forward(upstream, &request) else {
+                        return;
+                    };
+                    if request.path == path
+                        && String::from_utf8_lossy(&answer).contains(marker)
+                        && let Ok(mut k) = kept.lock()
+                        && k.is_none()
+                    {
+                        *k = Some(answer.clone());
+                    }
+                    let _ = stream.write_all(&answer);
+                });
+            }
+        });
+        ReplayProxy { url, replay, recorded }
+    }
+
+    pub fn has_recorded(&self) -> bool {
+        self.recorded.lock().map(|k| k.is_some()).unwrap_or(false)
+    }
+}
+
+/// Sends one request upstream on its own connection and reads the whole answer.
+fn forward(upstream: SocketAddr, request: &ReceivedRequest) -> Option<Vec<u8>> {
+    let mut server = TcpStream::connect(upstream).ok()?;
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nhost: {upstream}\r\nconnection: close\r\n",
+        request.method, request.path
+    );
+    for (name, value) in &request.headers {
+        if !["host", "connection", "content-length"]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+        {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n", request.body.len()));
+    server.write_all(head.as_bytes()).ok()?;
+    server.write_all(&request.body).ok()?;
+    let mut answer = Vec::new();
+    server.read_to_end(&mut answer).ok()?;
+    Some(answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ mod pipeline;
 mod publish_to_launch;
 mod resume_and_tamper;
 mod rollouts;
+mod scale_out;
 mod tidy;
 mod tuf;
 

@@ -329,27 +329,43 @@ fn a_director_answer_for_another_workstation_is_refused(world: &World) {
 }
 on_each_backend!(a_director_answer_for_another_workstation_is_refused);
 
-/// A server restored from an old backup (its director counters back at zero) cannot replay
-/// director answers to an agent that has seen newer ones.
+/// A director answer the agent has seen superseded cannot be replayed to it: each check-in says
+/// the highest counter the agent accepted, the server signs above it, and the agent refuses an
+/// answer below. Here a proxy between agent and server keeps the answer that offered 1.0.1 and,
+/// after the agent has moved on to 1.0.2, plays it back.
 fn a_director_counter_that_goes_back_is_refused(world: &World) {
     let agent = world.demo_installed("ws");
-    let seen: u64 = std::fs::read_to_string(agent.join("tuf/director-counter"))
-        .expect("the agent kept the director counter")
-        .trim()
-        .parse()
-        .expect("number");
-    assert!(seen >= 1);
-    world.publish("demo", "1.0.1", &demo_archive("1.0.1", 0));
-    world.upkeep_ok(&["release", "approve", "demo", "1.0.1"]);
-    world.upkeep_ok(&["rollout", "create", "demo", "1.0.1", "--all"]);
-    run_sql(
-        &world.server.database_url(),
-        "UPDATE workstations SET director_counter = -5",
+    let seen = || -> u64 {
+        std::fs::read_to_string(agent.join("tuf/director-counter"))
+            .expect("the agent kept the director counter")
+            .trim()
+            .parse()
+            .expect("number")
+    };
+    let first = seen();
+    assert!(first >= 1);
+    let proxy = upkeep_test_support::ReplayProxy::start(world.server.addr, "/api/v1/device/checkin", "\"director\":\"");
+    let mut enrollment: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(enrollment_file(&agent)).expect("enrollment")).expect("json");
+    enrollment["server"] = serde_json::Value::String(proxy.url.clone());
+    std::fs::write(enrollment_file(&agent), enrollment.to_string()).expect("write");
+    for version in ["1.0.1", "1.0.2"] {
+        world.publish("demo", version, &demo_archive(version, 0));
+        world.upkeep_ok(&["release", "approve", "demo", version]);
+        world.upkeep_ok(&["rollout", "create", "demo", version, "--all"]);
+        world.agent_ok(&agent, &["update"]);
+    }
+    assert!(proxy.has_recorded(), "the proxy kept the answer that offered 1.0.1");
+    assert_eq!(
+        seen(),
+        first + 2,
+        "each answer is signed one above what the agent had accepted"
     );
+    proxy.replay.store(true, std::sync::atomic::Ordering::SeqCst);
     let refused = world.agent(&agent, &["update"]);
     let stderr = assert_failure(&refused, "an update under a replayed director answer");
     assert!(stderr.contains("counter went back"), "{stderr}");
-    assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.0");
+    assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.2");
 }
 on_each_backend!(a_director_counter_that_goes_back_is_refused);
 

@@ -182,13 +182,15 @@ async fn story(url: &str) {
         "the only use is spent"
     );
     assert_eq!(db.enroll("nosuch", &ws("ws-3", "dev3")).await.expect("enroll"), None);
-    assert_eq!(
-        db.workstation_for_token("dev1").await.expect("auth"),
-        Some(("ws-1".to_owned(), ORG))
-    );
-    assert_eq!(db.workstation_for_token("dev2").await.expect("auth"), None);
+    let device = db.device_by_token("dev1").await.expect("auth").expect("known token");
+    assert_eq!((device.id.as_str(), device.organization_id), ("ws-1", ORG));
+    assert_eq!(device.groups, ["lab"], "groups come from the enrollment token");
+    assert_eq!(device.facts.hostname, "host");
+    assert_eq!(device.last_checkin_at, None);
+    assert_eq!(db.device_by_token("dev2").await.expect("auth"), None);
 
-    // Check-ins record the inventory; groups come from the token.
+    // A check-in's facts are stored when they change; times alone are stored in batches and
+    // never move back.
     let checkin = proto::CheckinRequest {
         hostname: "host-renamed".into(),
         os: "linux".into(),
@@ -199,18 +201,46 @@ async fn story(url: &str) {
             version: "1.0.0".into(),
         }],
         utc_offset_minutes: 0,
+        director_counter: 0,
     };
-    let (groups, counter) = db.record_checkin(ORG, "ws-1", &checkin).await.expect("checkin");
-    assert_eq!(groups, ["lab"]);
-    let (_, next) = db.record_checkin(ORG, "ws-1", &checkin).await.expect("checkin");
-    assert_eq!(next, counter + 1, "the director counter grows with every check-in");
+    let facts = upkeep_server::db::DeviceFacts::of(&checkin);
+    assert!(facts.same_as(&checkin) && !device.facts.same_as(&checkin));
+    db.record_facts(ORG, "ws-1", &facts, 1_000).await.expect("facts");
+    let stored = db.device_by_token("dev1").await.expect("auth").expect("known");
+    assert_eq!(stored.facts, facts);
+    assert_eq!(stored.last_checkin_at, Some(1_000));
+    db.record_last_checkins(&[("ws-1".to_owned(), 5_000), ("ws-nosuch".to_owned(), 5_000)])
+        .await
+        .expect("batch");
+    db.record_last_checkins(&[("ws-1".to_owned(), 4_000)])
+        .await
+        .expect("batch");
+    let stored = db.device_by_token("dev1").await.expect("auth").expect("known");
+    assert_eq!(stored.last_checkin_at, Some(5_000), "a check-in time never moves back");
+    let many: Vec<(String, i64)> = (0..1200)
+        .map(|i| (format!("ws-x{i}"), 1))
+        .chain([("ws-1".to_owned(), 9_000)])
+        .collect();
+    db.record_last_checkins(&many)
+        .await
+        .expect("a batch of several statements");
     let listed = db.list_workstations(ORG, None).await.expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].hostname, "host-renamed");
     assert_eq!(listed[0].installed.get("demo").map(String::as_str), Some("1.0.0"));
-    assert!(listed[0].last_checkin_at.is_some());
-    let approvals = db.approvals_of(ORG, &checkin.installed).await.expect("approvals");
-    assert_eq!(approvals.get("demo"), Some(&proto::ApprovalState::Approved));
+    assert_eq!(listed[0].last_checkin_at, Some(upkeep_server::db::format_time(9_000)));
+    let approvals = db.approval_map(ORG).await.expect("approvals");
+    assert_eq!(
+        approvals.get(&("demo".to_owned(), "1.0.0".to_owned())),
+        Some(&proto::ApprovalState::Approved)
+    );
+
+    // The check-in cache generation only grows.
+    let before = db.checkin_generation().await.expect("generation");
+    let bumped = db.bump_checkin_generation().await.expect("bump");
+    assert!(bumped > before);
+    assert_eq!(db.checkin_generation().await.expect("generation"), bumped);
+    assert_eq!(db.bump_checkin_generation().await.expect("bump"), bumped + 1);
 
     // The console's reads and the public download page.
     assert_eq!(db.workstation_count(ORG).await.expect("count"), 1);
