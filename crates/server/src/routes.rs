@@ -201,17 +201,50 @@ async fn guard_request(State(guard): State<Guard>, request: Request, next: Next)
             }
             response
         }
-        Err(err) => match guard.surface {
-            Surface::Api => err.into_response(),
-            Surface::Console => crate::console::refused(err, &method, &uri),
-        },
+        Err((err, body)) => {
+            // Read what is left of the refused body first (up to a bound): a client still sending
+            // an upload when the connection closes gets a reset instead of this answer.
+            let _ = axum::body::to_bytes(body, MAX_FORM_BYTES).await;
+            match guard.surface {
+                Surface::Api => err.into_response(),
+                Surface::Console => crate::console::refused(err, &method, &uri),
+            }
+        }
     }
 }
 
 /// Authenticates, checks the role, and for a console session checks the CSRF token of anything
 /// that may change state (cookies ride along on cross-site requests; the token does not).
-async fn admit(guard: &Guard, request: Request) -> Result<Request, ApiError> {
+/// A refusal comes back with the body, not yet read to its end.
+async fn admit(guard: &Guard, request: Request) -> Result<Request, (ApiError, Body)> {
     let (mut parts, body) = request.into_parts();
+    let admin = match caller(guard, &parts).await {
+        Ok(admin) => admin,
+        Err(err) => return Err((err, body)),
+    };
+    let mut body = body;
+    if let Some(session) = &admin.session
+        && parts.method != Method::GET
+    {
+        let (token, rebuilt) = csrf_token(&parts, body).await.map_err(|err| (err, Body::empty()))?;
+        body = rebuilt;
+        if !token.is_some_and(|t| auth::same_secret(&t, &session.csrf)) {
+            let err = ApiError::client(
+                StatusCode::FORBIDDEN,
+                codes::CSRF_FAILED,
+                Some(auth::CSRF_FIELD),
+                "the form's security token is missing or stale",
+            )
+            .with_hint("reload the page and try again");
+            return Err((err, body));
+        }
+    }
+    parts.extensions.insert(admin);
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Who is calling, if they may call this route at all.
+async fn caller(guard: &Guard, parts: &axum::http::request::Parts) -> Result<auth::Admin, ApiError> {
     let admin = auth::authenticate(&guard.app, &parts.headers)
         .await?
         .ok_or_else(|| match guard.surface {
@@ -221,24 +254,7 @@ async fn admit(guard: &Guard, request: Request) -> Result<Request, ApiError> {
     if let Access::Role(role) = guard.access {
         admin.require(role)?;
     }
-    let mut body = body;
-    if let Some(session) = &admin.session
-        && parts.method != Method::GET
-    {
-        let (token, rebuilt) = csrf_token(&parts, body).await?;
-        body = rebuilt;
-        if !token.is_some_and(|t| auth::same_secret(&t, &session.csrf)) {
-            return Err(ApiError::client(
-                StatusCode::FORBIDDEN,
-                codes::CSRF_FAILED,
-                Some(auth::CSRF_FIELD),
-                "the form's security token is missing or stale",
-            )
-            .with_hint("reload the page and try again"));
-        }
-    }
-    parts.extensions.insert(admin);
-    Ok(Request::from_parts(parts, body))
+    Ok(admin)
 }
 
 /// The CSRF token of a request: the `X-CSRF-Token` header (scripts), the `csrf` field of a

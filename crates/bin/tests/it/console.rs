@@ -74,15 +74,45 @@ impl Browser {
         (status, body)
     }
 
+    /// POSTs a URL-encoded form that must succeed with a redirect (303); returns where it leads.
+    fn submit(&self, path: &str, session: &Session, fields: &[(&str, &str)]) -> String {
+        let mut all = vec![("csrf", session.csrf.as_str())];
+        all.extend_from_slice(fields);
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(COOKIE, &session.cookie)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(url_encode(&all));
+        let (status, headers, body) = self.send(request);
+        assert_eq!(status, StatusCode::SEE_OTHER, "{path}: {body}");
+        headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    }
+
     /// Signs in through the sign-in form, as a person would.
     fn sign_in(&self, user: &str, password: &str) -> Session {
-        let (status, headers, page) = self.get("/login", None);
+        self.sign_in_via(user, password, false).0
+    }
+
+    /// Signs in; with `https`, every request says it came through a TLS proxy
+    /// (`X-Forwarded-Proto: https`). Returns the session and its `Set-Cookie` header.
+    fn sign_in_via(&self, user: &str, password: &str, https: bool) -> (Session, String) {
+        let proxied = |request: reqwest::RequestBuilder| {
+            if https {
+                request.header("x-forwarded-proto", "https")
+            } else {
+                request
+            }
+        };
+        let (status, headers, page) = self.send(proxied(self.http.get(format!("{}/login", self.base))));
         assert_eq!(status, StatusCode::OK, "{page}");
         let login_cookie = cookie_pair(&headers, "upkeep_login").expect("sign-in cookie");
         let token = hidden_field(&page, "csrf").expect("sign-in form token");
-        let request = self
-            .http
-            .post(format!("{}/login", self.base))
+        let request = proxied(self.http.post(format!("{}/login", self.base)))
             .header(COOKIE, &login_cookie)
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(url_encode(&[
@@ -113,7 +143,7 @@ impl Browser {
         );
         assert_eq!(status, StatusCode::OK, "{page}");
         let csrf = hidden_field(&page, "csrf").expect("session CSRF token in the page");
-        Session { cookie, csrf }
+        (Session { cookie, csrf }, set_cookie[0].to_owned())
     }
 }
 
@@ -216,6 +246,45 @@ fn call(browser: &Browser, route: &RouteInfo, token: &str, session: &Session) ->
     (status, body)
 }
 
+/// Every route that changes state without needing a role: sign-in, enrollment, the agents'
+/// check-ins and reports, and a signed-in user's own session and password. Opening another one
+/// is a decision to make here, not a side effect of its label.
+const OPEN_STATE_CHANGING: &[(&str, &str, Access)] = &[
+    ("POST", "/api/v1/device/enroll", Access::Public),
+    ("POST", "/api/v1/device/checkin", Access::Device),
+    ("POST", "/api/v1/device/reports", Access::Device),
+    ("POST", "/api/v1/auth/login", Access::Public),
+    ("POST", "/api/v1/auth/password", Access::SelfService),
+    ("POST", "/login", Access::Public),
+    ("POST", "/logout", Access::SelfService),
+    ("POST", "/account/password", Access::SelfService),
+];
+
+/// The state-changing routes open as `Public`, `Device` or `SelfService` are exactly
+/// [`OPEN_STATE_CHANGING`].
+fn open_routes_that_change_state_are_known(table: &[RouteInfo]) {
+    let open: Vec<(String, String, Access)> = table
+        .iter()
+        .filter(|r| r.changes_state() && !matches!(r.access, Access::Role(_)))
+        .map(|r| (r.method.to_string(), r.path.clone(), r.access))
+        .collect();
+    for (method, path, access) in &open {
+        assert!(
+            OPEN_STATE_CHANGING
+                .iter()
+                .any(|(m, p, a)| m == method && p == path && a == access),
+            "{method} {path} changes state and is registered as {access:?}: give it a role, or add it \
+             to OPEN_STATE_CHANGING if it really is open to anyone of that kind"
+        );
+    }
+    for (method, path, access) in OPEN_STATE_CHANGING {
+        assert!(
+            open.iter().any(|(m, p, a)| m == method && p == path && a == access),
+            "{method} {path} ({access:?}) is no longer an open state-changing route: update OPEN_STATE_CHANGING"
+        );
+    }
+}
+
 /// A viewer is refused every route that needs more, and a release manager every route that
 /// needs an admin: walked over the server's own route table, API and console alike.
 fn roles_hold_on_every_route(world: &World) {
@@ -239,16 +308,18 @@ fn roles_hold_on_every_route(world: &World) {
     let browser = Browser::new(world);
     let table = upkeep_server::routes::table();
     assert!(table.len() > 40, "the route table lists {} routes", table.len());
+    open_routes_that_change_state_are_known(&table);
     for (user, role) in [("vera", Role::Viewer), ("rick", Role::ReleaseManager)] {
         let token = api_token(&browser, user);
         let session = browser.sign_in(user, PASSWORD);
         let mut refused = 0;
         for route in &table {
             // Nothing that changes state is open to a plain viewer.
-            if route.changes_state() {
+            if route.changes_state()
+                && let Access::Role(r) = route.access
+            {
                 assert!(
-                    matches!(route.access, Access::Public | Access::Device | Access::SelfService)
-                        || matches!(route.access, Access::Role(r) if r > Role::Viewer),
+                    r > Role::Viewer,
                     "{} {} changes state but is open to viewers",
                     route.method,
                     route.path
@@ -481,3 +552,240 @@ fn public_downloads_resume(world: &World) {
     );
 }
 crate::on_each_backend!(public_downloads_resume);
+
+/// The upload form is multipart and carries its token in `?csrf=`: without it, or with another
+/// one, the upload is refused and nothing is recorded; with it, the same upload works.
+fn uploads_need_the_csrf_token(world: &World) {
+    world.upkeep_ok(&["product", "create", "editor"]);
+    let browser = Browser::new(world);
+    let session = browser.sign_in("admin", ADMIN_PASSWORD);
+    let archive = upkeep_test_support::demo_archive("1.0.0", 1024);
+    let upload = |query: &str| {
+        let form = reqwest::multipart::Form::new()
+            .text("version", "1.0.0")
+            .text("platform", "linux-x86_64")
+            .text("launch", "bin/demo")
+            .part(
+                "artifact",
+                reqwest::multipart::Part::bytes(archive.clone()).file_name("editor-1.0.0.tar.gz"),
+            );
+        browser.send(
+            browser
+                .http
+                .post(format!("{}/products/editor/releases{query}", browser.base))
+                .header(COOKIE, &session.cookie)
+                .multipart(form),
+        )
+    };
+    let releases = || world.upkeep_json(&["release", "list", "editor", "--json"]);
+    let wrong = format!("?csrf={}", "0".repeat(session.csrf.len()));
+    for query in ["", wrong.as_str()] {
+        let (status, _, body) = upload(query);
+        assert_eq!(status, StatusCode::FORBIDDEN, "upload with {query:?}: {body}");
+        assert!(body.contains("csrf_failed"), "{body}");
+        assert_eq!(
+            releases().as_array().map(Vec::len),
+            Some(0),
+            "a refused upload ({query:?}) recorded a release"
+        );
+    }
+    let (status, headers, body) = upload(&format!("?csrf={}", session.csrf));
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(
+        headers.get(LOCATION).and_then(|v| v.to_str().ok()),
+        Some("/products/editor/releases/1.0.0")
+    );
+    assert_eq!(releases()[0]["version"], "1.0.0");
+}
+crate::on_each_backend!(uploads_need_the_csrf_token);
+
+/// The session cookie is `Secure` when the sign-in came over TLS (as a proxy says with
+/// `X-Forwarded-Proto: https`), and not over plain HTTP, where a browser would drop it.
+fn session_cookie_is_secure_behind_tls(world: &World) {
+    let browser = Browser::new(world);
+    let (_, over_tls) = browser.sign_in_via("admin", ADMIN_PASSWORD, true);
+    let (_, plain) = browser.sign_in_via("admin", ADMIN_PASSWORD, false);
+    let secure = |set_cookie: &str| {
+        set_cookie
+            .split(';')
+            .any(|attribute| attribute.trim().eq_ignore_ascii_case("secure"))
+    };
+    assert!(secure(&over_tls), "{over_tls}");
+    assert!(!secure(&plain), "{plain}");
+}
+crate::on_each_backend!(session_cookie_is_secure_behind_tls);
+
+/// A rollout's state as the API reports it.
+fn rollout_state(world: &World, id: &str) -> (String, Option<String>) {
+    let report = world.upkeep_json(&["rollout", "status", id, "--json"]);
+    let rollout = &report["rollout"];
+    (
+        rollout["state"].as_str().unwrap_or("").to_owned(),
+        rollout["state_reason"].as_str().map(str::to_owned),
+    )
+}
+
+/// Pause, resume and cancel from the rollout's page change the rollout the API reports.
+fn rollout_actions_from_the_console(world: &World) {
+    world.upkeep_ok(&["product", "create", "demo"]);
+    world.publish("demo", "1.0.0", &upkeep_test_support::demo_archive("1.0.0", 0));
+    world.upkeep_ok(&["release", "approve", "demo", "1.0.0"]);
+    // A workstation that has not installed it yet keeps the rollout active.
+    world.enroll_agent("desk", &world.server.url);
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.0", "--all"]);
+    let id = world.upkeep_json(&["rollout", "list", "--json"])[0]["id"].to_string();
+    assert_eq!(rollout_state(world, &id).0, "active");
+
+    let browser = Browser::new(world);
+    let session = browser.sign_in("admin", ADMIN_PASSWORD);
+    let report = format!("/rollouts/{id}");
+    for (action, reason, state) in [
+        ("pause", "waiting for QA", "paused"),
+        ("resume", "", "active"),
+        ("cancel", "superseded by 1.0.1", "cancelled"),
+    ] {
+        let (_, _, page) = browser.get(&report, Some(&session));
+        assert!(
+            page.contains(&format!(r#"action="{report}/{action}""#)),
+            "no {action} form on the {} rollout's page",
+            rollout_state(world, &id).0
+        );
+        let location = browser.submit(&format!("{report}/{action}"), &session, &[("reason", reason)]);
+        assert_eq!(location, report);
+        let (now, why) = rollout_state(world, &id);
+        assert_eq!(now, state, "after {action}");
+        if !reason.is_empty() {
+            assert_eq!(why.as_deref(), Some(reason), "after {action}");
+        }
+    }
+    let (_, _, page) = browser.get(&report, Some(&session));
+    assert!(
+        !page.contains(&format!(r#"action="{report}/"#)),
+        "a cancelled rollout still offers actions"
+    );
+}
+crate::on_each_backend!(rollout_actions_from_the_console);
+
+/// A notification group created through the form is listed, on the page and by the API.
+fn notification_group_from_the_console(world: &World) {
+    world.upkeep_ok(&["product", "create", "demo"]);
+    let browser = Browser::new(world);
+    let session = browser.sign_in("admin", ADMIN_PASSWORD);
+    let (status, page) = browser.post_form(
+        "/notification-groups",
+        Some(&session),
+        &[
+            ("csrf", &session.csrf),
+            ("name", "desktop-team"),
+            ("emails", "ops@example.com,\nlead@example.com"),
+            ("webhooks", ""),
+            ("product", "demo"),
+            ("rollout", ""),
+        ],
+    );
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Group <strong>desktop-team</strong> created."), "{page}");
+    let (_, _, page) = browser.get("/notification-groups", Some(&session));
+    assert!(page.contains("<td>desktop-team</td>"), "{page}");
+    assert!(page.contains("ops@example.com, lead@example.com"), "{page}");
+    assert!(page.contains("product demo"), "{page}");
+    let groups = world.upkeep_json(&["notify", "group", "list", "--json"]);
+    assert_eq!(groups[0]["name"], "desktop-team", "{groups}");
+    assert_eq!(groups[0]["product"], "demo", "{groups}");
+}
+crate::on_each_backend!(notification_group_from_the_console);
+
+/// A user added on the Users page can sign in, with the role the form gave them.
+fn user_added_in_the_console_signs_in(world: &World) {
+    let browser = Browser::new(world);
+    let session = browser.sign_in("admin", ADMIN_PASSWORD);
+    let location = browser.submit(
+        "/users",
+        &session,
+        &[("name", "nadia"), ("role", "release_manager"), ("password", PASSWORD)],
+    );
+    assert_eq!(location, "/users");
+    let (_, _, page) = browser.get("/users", Some(&session));
+    assert!(page.contains("<td>nadia</td><td>release_manager</td>"), "{page}");
+    let nadia = browser.sign_in("nadia", PASSWORD);
+    let (status, _, page) = browser.get("/account", Some(&nadia));
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("Signed in as <strong>nadia</strong> with role <strong>release_manager</strong>"),
+        "{page}"
+    );
+}
+crate::on_each_backend!(user_added_in_the_console_signs_in);
+
+/// Enrolls an agent `name` in `group`; returns its workstation id.
+fn enroll_in_group(world: &World, name: &str, group: &str) -> String {
+    let token = world.upkeep_ok(&["enroll-token", "create"]).trim().to_owned();
+    let state = world.agent_state(name);
+    world.agent_ok(
+        &state,
+        &[
+            "enroll",
+            "--server",
+            &world.server.url,
+            "--token",
+            &token,
+            "--group",
+            group,
+        ],
+    );
+    world.workstation_id(&state)
+}
+
+/// The workstation search shows the workstations that match and no other.
+fn workstation_search_finds_the_match(world: &World) {
+    let lab = enroll_in_group(world, "lab-pc", "lab");
+    let office = enroll_in_group(world, "office-pc", "office");
+    let browser = Browser::new(world);
+    let session = browser.sign_in("admin", ADMIN_PASSWORD);
+    let link = |id: &str| format!(r#"href="/workstations/{id}""#);
+    for (query, found, other) in [("lab", &lab, &office), (office.as_str(), &office, &lab)] {
+        let (status, _, page) = browser.get(&format!("/workstations?q={}", enc(query)), Some(&session));
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page.contains("1 of 2 workstations"), "search {query:?}: {page}");
+        assert!(page.contains(&link(found)), "search {query:?} misses {found}: {page}");
+        assert!(!page.contains(&link(other)), "search {query:?} shows {other}: {page}");
+    }
+    let (_, _, page) = browser.get("/workstations?q=nowhere", Some(&session));
+    assert!(page.contains("0 of 2 workstations"), "{page}");
+}
+crate::on_each_backend!(workstation_search_finds_the_match);
+
+/// "Install" on the server-components page starts a mandatory rollout of the newest approved
+/// version to the hosts that run an older one.
+fn component_install_from_the_console(world: &World) {
+    world.upkeep_ok(&["product", "create", "crm-server", "--kind", "server"]);
+    world.publish("crm-server", "1.0.0", &upkeep_test_support::demo_archive("1.0.0", 0));
+    world.upkeep_ok(&["release", "approve", "crm-server", "1.0.0"]);
+    world.upkeep_ok(&["rollout", "create", "crm-server", "1.0.0", "--all"]);
+    let agent = world.enroll_agent("crm-host", &world.server.url);
+    world.agent_ok(&agent, &["update"]);
+    let host = world.workstation_id(&agent);
+    world.publish("crm-server", "1.1.0", &upkeep_test_support::demo_archive("1.1.0", 0));
+    world.upkeep_ok(&["release", "approve", "crm-server", "1.1.0"]);
+
+    let browser = Browser::new(world);
+    let session = browser.sign_in("admin", ADMIN_PASSWORD);
+    let (_, _, page) = browser.get("/components", Some(&session));
+    assert!(page.contains("Install 1.1.0"), "{page}");
+    let location = browser.submit("/components/crm-server/install", &session, &[("version", "1.1.0")]);
+    let id = location
+        .strip_prefix("/rollouts/")
+        .unwrap_or_else(|| panic!("led to {location}"));
+    let report = world.upkeep_json(&["rollout", "status", id, "--json"]);
+    let rollout = &report["rollout"];
+    assert_eq!(rollout["product"], "crm-server", "{report}");
+    assert_eq!(rollout["version"], "1.1.0", "{report}");
+    assert_eq!(rollout["mandatory"], true, "{report}");
+    assert_eq!(rollout["state"], "active", "{report}");
+    let targeted: Vec<&str> = report["workstations"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|w| w["workstation_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(targeted, [host.as_str()], "{report}");
+}
+crate::on_each_backend!(component_install_from_the_console);

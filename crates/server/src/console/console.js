@@ -1,5 +1,16 @@
 // upkeep console: the only script. It shows upload progress; every page works without it.
 "use strict";
+// Sizes as the pages write them (`human_size` in mod.rs): "512 bytes", "1.5 MB".
+function size(bytes) {
+  var units = ["bytes", "KB", "MB", "GB", "TB"];
+  var value = bytes;
+  var unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  return unit === 0 ? bytes + " bytes" : value.toFixed(1) + " " + units[unit];
+}
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll("form[data-upload]").forEach(function (form) {
     form.addEventListener("submit", function (event) {
@@ -17,7 +28,7 @@ document.addEventListener("DOMContentLoaded", function () {
         if (!e.lengthComputable) return;
         var percent = Math.floor((e.loaded / e.total) * 100);
         bar.value = percent;
-        status.textContent = percent + "% uploaded (" + Math.round(e.loaded / 1e6) + " of " + Math.round(e.total / 1e6) + " MB)";
+        status.textContent = percent + "% uploaded (" + size(e.loaded) + " of " + size(e.total) + ")";
       });
       xhr.upload.addEventListener("load", function () {
         status.textContent = "Uploaded; the server is checking the file…";

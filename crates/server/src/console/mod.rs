@@ -269,7 +269,10 @@ fn bare_page(title: &str, content: Markup) -> Response {
         (DOCTYPE)
         html lang="en" {
             head { (head_tags(title)) }
-            body { main id="main" .narrow { (content) } }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                main id="main" .narrow { (content) }
+            }
         }
     };
     with_headers(StatusCode::OK, markup)
