@@ -96,7 +96,21 @@ struct DeviceState {
     first_offered: BTreeMap<i64, i64>,
     /// The check-in time last stored (or queued to be).
     last_checkin_stored: Option<i64>,
+    /// The director metadata last signed for this workstation.
+    director: Option<SignedDirector>,
 }
+
+/// Signed director metadata, reused while the agent reports the same counter and is offered the
+/// same files (an agent that leaves an optional update pending asks again every few minutes).
+struct SignedDirector {
+    counter: u64,
+    targets: BTreeMap<String, upkeep_tuf::DirectorTarget>,
+    signed_at: i64,
+    document: Arc<str>,
+}
+
+/// How long a signed director document is handed out again (it is valid far longer).
+const DIRECTOR_REUSE_MS: i64 = 60 * 60 * 1000;
 
 impl CachedDevice {
     fn state(&self) -> std::sync::MutexGuard<'_, DeviceState> {
@@ -111,6 +125,34 @@ impl CachedDevice {
 
     pub fn set_first_offered(&self, first_offered: BTreeMap<i64, i64>) {
         self.state().first_offered = first_offered;
+    }
+
+    /// The director metadata signed earlier for the same counter and files, if still fresh.
+    pub fn signed_director(
+        &self,
+        counter: u64,
+        targets: &BTreeMap<String, upkeep_tuf::DirectorTarget>,
+        now: i64,
+    ) -> Option<Arc<str>> {
+        let state = self.state();
+        let kept = state.director.as_ref()?;
+        (kept.counter == counter && kept.targets == *targets && now.saturating_sub(kept.signed_at) < DIRECTOR_REUSE_MS)
+            .then(|| kept.document.clone())
+    }
+
+    pub fn keep_director(
+        &self,
+        counter: u64,
+        targets: BTreeMap<String, upkeep_tuf::DirectorTarget>,
+        now: i64,
+        document: Arc<str>,
+    ) {
+        self.state().director = Some(SignedDirector {
+            counter,
+            targets,
+            signed_at: now,
+            document,
+        });
     }
 }
 
@@ -164,6 +206,7 @@ impl CheckinCache {
                 facts: stored.facts,
                 first_offered: stored.first_offered,
                 last_checkin_stored: stored.last_checkin_at,
+                director: None,
             }),
         });
         let mut devices = write(&self.devices);

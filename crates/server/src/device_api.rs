@@ -2,6 +2,7 @@
 //! artifacts (with HTTP Range, so interrupted downloads resume) and report each step.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
@@ -286,15 +287,27 @@ async fn checkin(
             update,
         });
     }
-    let director = director_metadata(
-        &state,
-        device.organization_id,
-        &device.workstation_id,
-        request.director_counter.saturating_add(1),
-        director_targets,
-    )
-    .await
-    .map_err(|e| ApiError::Internal(format!("signing director metadata: {e}")))?;
+    let counter = request.director_counter.saturating_add(1);
+    let director = if director_targets.is_empty() {
+        None
+    } else if let Some(kept) = device.cached.signed_director(counter, &director_targets, now) {
+        Some(kept.to_string())
+    } else {
+        let signed: Arc<str> = director_metadata(
+            &state,
+            device.organization_id,
+            &device.workstation_id,
+            counter,
+            director_targets.clone(),
+        )
+        .await
+        .map_err(|e| ApiError::Internal(format!("signing director metadata: {e}")))?
+        .into();
+        device
+            .cached
+            .keep_director(counter, director_targets, now, signed.clone());
+        Some(signed.to_string())
+    };
     Ok(Json(proto::CheckinResponse {
         server_time: db::format_time(now),
         instructions,
@@ -305,19 +318,16 @@ async fn checkin(
 /// How long an agent may act on one check-in's director metadata.
 const DIRECTOR_LIFETIME_H: i64 = 24;
 
-/// The director's signed list of the target files this workstation is offered now (`None` when
-/// nothing is offered). The counter is above the highest the agent says it has accepted, so a
-/// replayed older answer is refused by the agent while the server keeps no counter of its own.
+/// The director's signed list of the target files this workstation is offered now. The counter
+/// is above the highest the agent says it has accepted, so a replayed older answer is refused by
+/// the agent while the server keeps no counter of its own.
 async fn director_metadata(
     state: &AppState,
     organization_id: i64,
     workstation_id: &str,
     counter: u64,
     targets: BTreeMap<String, upkeep_tuf::DirectorTarget>,
-) -> Result<Option<String>, crate::tuf::TufError> {
-    if targets.is_empty() {
-        return Ok(None);
-    }
+) -> Result<String, crate::tuf::TufError> {
     let key = crate::tuf::director_key(state, organization_id)?;
     let body = upkeep_tuf::DirectorTargets {
         kind: String::new(),
@@ -326,7 +336,7 @@ async fn director_metadata(
         expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(DIRECTOR_LIFETIME_H),
         targets,
     };
-    upkeep_tuf::sign_director(body, &key).await.map(Some)
+    upkeep_tuf::sign_director(body, &key).await
 }
 
 async fn report(
