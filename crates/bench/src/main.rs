@@ -66,6 +66,10 @@ enum Command {
         /// `product=version` pairs every workstation reports installed.
         #[arg(long = "installed", value_name = "PRODUCT=VERSION")]
         installed: Vec<String>,
+        /// Each workstation checks in exactly once (its first check-in after enrollment, which
+        /// stores its inventory), instead of a timed run.
+        #[arg(long)]
+        once: bool,
     },
     /// GET one URL in the same load loop (for a static-file reference).
     Get {
@@ -116,7 +120,8 @@ async fn main() -> anyhow::Result<()> {
             connections,
             seconds,
             installed,
-        } => checkin(&server, &tokens, connections, seconds, &installed).await,
+            once,
+        } => checkin(&server, &tokens, connections, seconds, &installed, once).await,
         Command::Get {
             url,
             connections,
@@ -207,16 +212,9 @@ async fn checkin(
     connections: usize,
     seconds: u64,
     installed: &[String],
+    once: bool,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(tokens).with_context(|| format!("reading {}", tokens.display()))?;
-    let tokens: Arc<Vec<String>> = Arc::new(
-        text.lines()
-            .filter_map(|l| l.split_once(' ').map(|(_, t)| t.to_owned()))
-            .collect(),
-    );
-    if tokens.is_empty() {
-        bail!("no tokens in the file");
-    }
     let installed = installed
         .iter()
         .map(|pair| {
@@ -227,28 +225,44 @@ async fn checkin(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // One body for all: the server learns who is asking from the token.
-    let body = serde_json::to_vec(&proto::CheckinRequest {
-        hostname: "bench".into(),
-        os: "linux".into(),
-        arch: "x86_64".into(),
-        agent_version: "0.1.0".into(),
-        installed,
-        utc_offset_minutes: 0,
-        director_counter: 0,
-    })?;
+    // One request per workstation, built up front: its token and a body naming it as the host.
+    let mut requests = Vec::new();
+    for line in text.lines() {
+        let Some((id, token)) = line.split_once(' ') else {
+            continue;
+        };
+        let body = serde_json::to_vec(&proto::CheckinRequest {
+            hostname: id.to_owned(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            agent_version: "0.1.0".into(),
+            installed: installed.clone(),
+            utc_offset_minutes: 0,
+            director_counter: 0,
+        })?;
+        requests.push((format!("Bearer {token}"), bytes::Bytes::from(body)));
+    }
+    if requests.is_empty() {
+        bail!("no tokens in the file");
+    }
+    let requests = Arc::new(requests);
     let http = client(connections)?;
     let url = format!("{}/api/v1/device/checkin", server.trim_end_matches('/'));
-    let report = load(connections, seconds, move |i| {
-        let token = &tokens[(i as usize) % tokens.len()];
+    let send = move |i: u64| {
+        let (token, body) = &requests[(i as usize) % requests.len()];
         let request = http
             .post(&url)
-            .bearer_auth(token)
+            .header("authorization", token)
             .header("content-type", "application/json")
             .body(body.clone());
         async move { finish(request.send().await).await }
-    })
-    .await;
+    };
+    let report = if once {
+        let count = text.lines().filter(|l| l.contains(' ')).count() as u64;
+        load_count(connections, count, send).await
+    } else {
+        load(connections, seconds, send).await
+    };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
@@ -311,10 +325,19 @@ where
             }
         }));
     }
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    let mut histograms = Vec::with_capacity(tasks.len());
     for task in tasks {
-        if let (Ok(Some(h)), Some(t)) = (task.await, total.as_mut()) {
-            let _ = t.add(&h);
+        histograms.push(task.await.ok().flatten());
+    }
+    summarize(histograms, errors, seconds as f64)
+}
+
+/// Merges the loops' histograms into one report over `seconds`.
+fn summarize(histograms: Vec<Option<Histogram<u64>>>, errors: Arc<AtomicU64>, seconds: f64) -> LoadReport {
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    for h in histograms.iter().flatten() {
+        if let Some(t) = total.as_mut() {
+            let _ = t.add(h);
         }
     }
     let ms = |q: f64| total.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
@@ -322,13 +345,49 @@ where
     LoadReport {
         requests,
         errors: errors.load(Ordering::Relaxed),
-        seconds: seconds as f64,
-        per_second: requests as f64 / seconds as f64,
+        seconds,
+        per_second: requests as f64 / seconds.max(1e-9),
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),
         p99_ms: ms(0.99),
         max_ms: total.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0),
     }
+}
+
+/// Runs `count` requests in all from `connections` loops, with no warm-up (each is measured).
+async fn load_count<F, Fut>(connections: usize, count: u64, request: F) -> LoadReport
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (request, next, errors) = (request.clone(), next.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    return histogram;
+                }
+                let start = Instant::now();
+                if !request(n).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(h) = histogram.as_mut() {
+                    let _ = h.record(start.elapsed().as_micros().max(1) as u64);
+                }
+            }
+        }));
+    }
+    let mut histograms = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        histograms.push(task.await.ok().flatten());
+    }
+    summarize(histograms, errors, started.elapsed().as_secs_f64())
 }
 
 async fn download(url: &str, token: Option<&str>, connections: usize, seconds: u64) -> anyhow::Result<()> {

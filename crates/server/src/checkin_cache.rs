@@ -87,7 +87,9 @@ pub struct CachedDevice {
     pub workstation_id: String,
     pub organization_id: i64,
     pub groups: Vec<String>,
-    loaded_at: i64,
+    /// When the entry is read again; spread over the second half of the TTL so that entries
+    /// loaded together (after a restart) do not all expire together.
+    expires_at: i64,
     state: Mutex<DeviceState>,
 }
 
@@ -163,7 +165,7 @@ pub struct CheckinCache {
     organizations: RwLock<HashMap<i64, Arc<Snapshot>>>,
     /// One snapshot build at a time, so a burst of check-ins after a change reads once.
     building: tokio::sync::Mutex<()>,
-    devices: RwLock<HashMap<[u8; 32], Arc<CachedDevice>>>,
+    devices: RwLock<HashMap<[u8; 32], Arc<CachedDevice>, DigestHasher>>,
     /// Check-in times waiting to be stored.
     seen: Mutex<Vec<(String, i64)>>,
 }
@@ -188,9 +190,8 @@ impl CheckinCache {
     pub async fn device(&self, db: &Database, token: &str) -> Result<Option<Arc<CachedDevice>>, DbError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = db::now_ms();
-        let ttl = i64::try_from(self.settings.device_ttl.as_millis()).unwrap_or(i64::MAX);
         if let Some(found) = read(&self.devices).get(&key)
-            && now.saturating_sub(found.loaded_at) < ttl
+            && now < found.expires_at
         {
             return Ok(Some(found.clone()));
         }
@@ -201,7 +202,7 @@ impl CheckinCache {
             workstation_id: stored.id,
             organization_id: stored.organization_id,
             groups: stored.groups,
-            loaded_at: now,
+            expires_at: now.saturating_add(jittered(self.settings.device_ttl)),
             state: Mutex::new(DeviceState {
                 facts: stored.facts,
                 first_offered: stored.first_offered,
@@ -375,6 +376,43 @@ fn director_targets(manifest: &proto::SignedManifest) -> Result<BTreeMap<String,
             )
         })
         .collect())
+}
+
+/// Half to all of `ttl`, in milliseconds.
+fn jittered(ttl: Duration) -> i64 {
+    let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2).max(2);
+    rand::Rng::gen_range(&mut rand::thread_rng(), ms / 2..=ms)
+}
+
+/// The device map's keys are SHA-256 digests already: their first bytes are a fine hash, and
+/// hashing them again costs more than the lookup.
+#[derive(Clone, Copy, Default)]
+struct DigestHasher;
+
+impl std::hash::BuildHasher for DigestHasher {
+    type Hasher = FirstBytes;
+
+    fn build_hasher(&self) -> FirstBytes {
+        FirstBytes(0)
+    }
+}
+
+#[derive(Default)]
+struct FirstBytes(u64);
+
+impl std::hash::Hasher for FirstBytes {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // A `[u8; 32]` hashes as its length, then its bytes: keep the first 8 digest bytes.
+        if bytes.len() >= 8 {
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            self.0 = u64::from_le_bytes(first);
+        }
+    }
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
