@@ -78,6 +78,11 @@ pub struct ServeArgs {
         value_parser = parse_mirror
     )]
     pub mirrors: Vec<String>,
+    /// After each release upload, build binary patches to it from this many earlier releases of
+    /// the same product and platform (tar.gz artifacts only), so agents download only what
+    /// changed. 0 turns delta updates off.
+    #[arg(long, env = "UPKEEP_DELTA_FROM_RELEASES", default_value_t = 3)]
+    pub delta_from_releases: usize,
 }
 
 /// Runs the program; returns the process exit code.
@@ -160,6 +165,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tuf_keys_dir: args.data.join("keys").join("tuf"),
             tuf_timestamp_lifetime: args.tuf_timestamp_lifetime,
             mirrors: args.mirrors.clone(),
+            delta_from_releases: args.delta_from_releases,
         }),
         director_keys: Arc::default(),
     };

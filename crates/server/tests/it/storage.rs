@@ -29,6 +29,8 @@ fn artifact(sha: char) -> proto::Artifact {
         sha256: sha.to_string().repeat(64),
         size: 10,
         format: "tar.gz".into(),
+        content_sha256: Some(sha.to_string().repeat(64)),
+        content_size: Some(20),
     }
 }
 
