@@ -170,6 +170,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         director_keys: Arc::default(),
     };
     let ticker = crate::rollouts::spawn_ticker(state.clone(), args.rollout_tick);
+    crate::delta::spawn_resume(state.clone());
     let mailer = match &args.smtp_url {
         Some(url) => {
             Some(crate::notify::Mailer::new(url, &args.smtp_from).map_err(|e| anyhow::anyhow!("--smtp-url: {e}"))?)

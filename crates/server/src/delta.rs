@@ -32,8 +32,10 @@ use crate::error::ApiError;
 /// A patch must be smaller than this share of the full artifact to be worth offering.
 const MAX_PATCH_SHARE: f64 = 0.9;
 
-/// A claim still `building` after this long belongs to a process that died; another may take it.
-const STALE_CLAIM_MS: i64 = 60 * 60 * 1000;
+/// A claim still `building` after this long belongs to a process that died; another may take it
+/// (zstd built about 1 to 3 MB of payload per second in `bench/delta`, so a 2 GiB pair can take
+/// most of an hour).
+const STALE_CLAIM_MS: i64 = 6 * 60 * 60 * 1000;
 
 /// One build at a time in this process: it holds two payloads in memory.
 static BUILDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
@@ -106,6 +108,24 @@ pub(crate) fn spawn_build(state: AppState, release_id: i64) {
             Ok(built) if built > 0 => tracing::info!(release_id, built, "delta patches built"),
             Ok(_) => {}
             Err(e) => tracing::warn!(release_id, error = %e, "building delta patches failed"),
+        }
+    });
+}
+
+/// At startup: builds again the patches whose builder died (a claim left `building`).
+pub(crate) fn spawn_resume(state: AppState) {
+    if state.settings.delta_from_releases == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let stale_before = crate::db::now_ms() - STALE_CLAIM_MS;
+        match state.db.stale_delta_targets(stale_before).await {
+            Ok(releases) => {
+                for release_id in releases {
+                    spawn_build(state.clone(), release_id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for interrupted delta builds failed"),
         }
     });
 }

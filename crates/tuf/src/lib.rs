@@ -423,6 +423,28 @@ mod tests {
         jiff::Timestamp::now() + jiff::SignedDuration::from_hours(h)
     }
 
+    #[test]
+    fn a_tar_gz_entry_carries_its_content_digest_through_signed_targets() {
+        let mut artifact = upkeep_protocol::Artifact {
+            platform: "linux-x86_64".into(),
+            filename: "demo.tar.gz".into(),
+            sha256: "ab".repeat(32),
+            size: 10,
+            format: "tar.gz".into(),
+            content_sha256: Some("cd".repeat(32)),
+            content_size: Some(20),
+        };
+        let entry = TargetEntry::of_artifact("demo", "1.0.0", &artifact);
+        assert_eq!(entry.content(), Some(("cd".repeat(32).as_str(), 20)));
+        let targets = targets_metadata(std::slice::from_ref(&entry), NonZeroU64::MIN, in_hours(1)).unwrap();
+        assert_eq!(entries(&targets), [entry]);
+
+        artifact.content_sha256 = None;
+        let without = TargetEntry::of_artifact("demo", "1.0.0", &artifact);
+        assert_eq!(without.content(), None);
+        assert!(!without.custom.contains_key(CONTENT_SHA256) && !without.custom.contains_key(CONTENT_SIZE));
+    }
+
     #[tokio::test]
     async fn roots_targets_and_online_roles_verify() {
         let [root_k, targets_k, snap_k, time_k, dir_k] = std::array::from_fn(|_| generate_key().unwrap());

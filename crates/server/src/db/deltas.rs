@@ -128,6 +128,20 @@ impl Database {
         })
     }
 
+    /// Releases with a pair still `building` since before `stale_before`: their builder died.
+    pub async fn stale_delta_targets(&self, stale_before: i64) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT to_release_id FROM deltas WHERE state = 'building' AND claimed_at < $1 ORDER BY to_release_id",
+        )
+        .bind(stale_before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("to_release_id"))
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Marks a claimed pair ready with its patch, and records the event.
     pub async fn finish_delta(&self, id: i64, delta: &NewDelta<'_>) -> Result<()> {
         let now = now_ms();
