@@ -206,3 +206,27 @@ fn no_patches_when_turned_off(world: &World) {
     assert!(!events(world).iter().any(|e| e["type"] == "delta.built"));
 }
 on_each_backend!(no_patches_when_turned_off, ["--delta-from-releases", "0"]);
+
+fn changed_base_falls_back_to_the_full_artifact(world: &World) {
+    let proxy = CuttingProxy::start(world.server.addr);
+    let (agent, artifact_size, _) = second_release_with_patch(world, &proxy);
+    // The kept base no longer matches what was installed (disk trouble, a curious user).
+    let base = agent.join("products/demo/delta-base/1.0.0.tar");
+    let mut bytes = std::fs::read(&base).expect("kept base");
+    bytes[1000] ^= 1;
+    std::fs::write(&base, &bytes).expect("change the base");
+
+    world.upkeep_ok(&["release", "approve", "demo", "1.0.1"]);
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.1", "--all"]);
+    proxy.bytes_down.store(0, Ordering::Relaxed);
+    world.agent_ok(&agent, &["update"]);
+    assert!(proxy.bytes_down.load(Ordering::Relaxed) >= artifact_size);
+    assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.1");
+    let event = downloaded(world, "1.0.1");
+    let delta = event["details"]["delta"]
+        .as_str()
+        .expect("the delta's fate is reported");
+    assert!(delta.contains("kept base of 1.0.0 has changed"), "{event}");
+    assert!(!base.exists(), "a base that no longer verifies is dropped");
+}
+on_each_backend!(changed_base_falls_back_to_the_full_artifact);
