@@ -16,7 +16,7 @@ use std::io::{self, Write};
 pub const MAX_INPUT: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Above this, patches are built with zstd rather than bsdiff: building with bsdiff took about six
-/// times the old payload in memory (its suffix array), zstd about twice the two payloads.
+/// times the old payload in memory (its suffix array), zstd about three times the two payloads.
 pub const BSDIFF_MAX_INPUT: u64 = 256 * 1024 * 1024;
 
 /// The largest window zstd allows on 64-bit targets (2 GiB).
@@ -57,7 +57,7 @@ impl Method {
 
     /// The method new patches between payloads of these sizes are built with. On real release
     /// pairs (BENCHMARKS.md, "Delta updates") bsdiff's patches were as small as zstd's for native
-    /// executables (within 2%) and 40% smaller for an archive of mostly unchanged files, and built
+    /// executables (within 2%) and 40–70% smaller for archives of mostly unchanged files, and built
     /// three to six times faster; zstd takes over where bsdiff's memory would be too much.
     pub fn for_sizes(old: u64, new: u64) -> Self {
         if old.max(new) <= BSDIFF_MAX_INPUT {
