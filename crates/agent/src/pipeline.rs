@@ -515,7 +515,8 @@ async fn obtain(
     listed: &crate::tuf::Listed,
     progress: &Progress,
 ) -> Result<Obtained, AgentError> {
-    let mut delta_failed = None;
+    // What became of the delta path, for the report; none for artifacts that never have patches.
+    let mut delta_note = None;
     if manifest.recipe == "archive" && artifact.format == "tar.gz" {
         let installed = run.dir.current_version()?;
         let signed = listed.content.as_ref().map(|(sha256, size)| (sha256.as_str(), *size));
@@ -525,7 +526,7 @@ async fn obtain(
             Err(reason) => Some(Err(reason)),
         };
         match attempt {
-            None => {}
+            None => delta_note = Some("none offered".to_owned()),
             Some(Ok(rebuilt)) => {
                 progress.note(&format!(
                     "rebuilt from {} with a {} byte patch; SHA-256 of the content verified",
@@ -547,7 +548,7 @@ async fn obtain(
                     "upkeep-agent: warning: {}: delta update not used: {reason}; downloading the full artifact",
                     run.product
                 );
-                delta_failed = Some(format!("failed: {reason}"));
+                delta_note = Some(format!("failed: {reason}"));
             }
         }
     }
@@ -564,8 +565,8 @@ async fn obtain(
         artifact.size, artifact.sha256
     ));
     let mut details = serde_json::json!({ "sha256": artifact.sha256, "size": artifact.size, "resumed_from": outcome.resumed_from, "received": outcome.received, "fetched": outcome.received, "source": outcome.source });
-    if let Some(failed) = delta_failed {
-        details["delta"] = failed.into();
+    if let Some(note) = delta_note {
+        details["delta"] = note.into();
     }
     if !outcome.mirrors_failed.is_empty() {
         // Tells the administrator which mirror is broken or hostile.

@@ -64,6 +64,7 @@ fn second_release_with_patch(world: &World, proxy: &CuttingProxy) -> (std::path:
     let agent = world.enroll_agent("ws", &proxy.url());
     world.agent_ok(&agent, &["update"]);
     assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.0");
+    assert_eq!(downloaded(world, "1.0.0")["details"]["delta"], "none offered");
     assert!(
         agent.join("products/demo/delta-base/1.0.0.tar").is_file(),
         "the installed version's tar is kept as the next delta's base"
