@@ -35,7 +35,8 @@ pub struct Rebuilt {
     pub received: u64,
 }
 
-/// Why no delta was used; `None` from [`choose`] means none was offered from here.
+/// Why an offered delta was not used, for the warning and the report (the caller then downloads
+/// the full artifact, so the reason is all that is left of the failure).
 pub type Reason = String;
 
 /// Everything a delta needs, checked before anything is downloaded.
