@@ -129,7 +129,7 @@ pub async fn fetch(
         }
     }
 
-    let (resumed_from, received) = from_server(client, &part, artifact, progress).await?;
+    let (resumed_from, received) = from_server(client, &part, &Wanted::artifact(artifact), progress).await?;
     let outcome = DownloadOutcome {
         resumed_from,
         received,
@@ -225,27 +225,46 @@ async fn from_mirror(
     Ok(Attempt::Verified(have))
 }
 
-/// Downloads from the server into `part`, resuming what is there; returns (resumed from,
-/// received).
-async fn from_server(
+/// A file the server serves by digest: where, how long, and its SHA-256.
+#[derive(Debug, Clone)]
+pub struct Wanted<'a> {
+    /// The device API path.
+    pub path: String,
+    pub size: u64,
+    pub sha256: &'a str,
+}
+
+impl<'a> Wanted<'a> {
+    pub fn artifact(artifact: &'a proto::Artifact) -> Self {
+        Wanted {
+            path: proto::artifact_path(&artifact.sha256),
+            size: artifact.size,
+            sha256: &artifact.sha256,
+        }
+    }
+}
+
+/// Downloads `wanted` from the server into `part`, resuming what is there, never past its size;
+/// returns (resumed from, received).
+pub async fn from_server(
     client: &DeviceClient,
     part: &Path,
-    artifact: &proto::Artifact,
+    wanted: &Wanted<'_>,
     progress: &Progress,
 ) -> Result<(u64, u64), AgentError> {
     let mut have = match tokio::fs::metadata(part).await {
         Ok(m) => m.len(),
         Err(_) => 0,
     };
-    if have > artifact.size {
+    if have > wanted.size {
         // Longer than the real thing: it cannot be a prefix of it.
         remove(part).await;
         have = 0;
     }
     let resumed_from = have;
     let mut received = 0u64;
-    if have < artifact.size {
-        let mut request = client.request(reqwest::Method::GET, &proto::artifact_path(&artifact.sha256));
+    if have < wanted.size {
+        let mut request = client.request(reqwest::Method::GET, &wanted.path);
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
@@ -258,7 +277,7 @@ async fn from_server(
             tokio::fs::File::create(part).await
         }
         .map_err(|e| AgentError::io("opening", part, e))?;
-        progress.start(artifact.size, have);
+        progress.start(wanted.size, have);
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
@@ -271,16 +290,16 @@ async fn from_server(
                     return Err(AgentError::Download(format!(
                         "{} (kept {have} of {} bytes; run the update again to resume)",
                         error_chain(&e),
-                        artifact.size
+                        wanted.size
                     )));
                 }
             };
-            if have + chunk.len() as u64 > artifact.size {
+            if have + chunk.len() as u64 > wanted.size {
                 drop(file);
                 remove(part).await;
                 progress.finish();
                 return Err(AgentError::SizeMismatch {
-                    expected: artifact.size,
+                    expected: wanted.size,
                     actual: have + chunk.len() as u64,
                 });
             }
@@ -294,18 +313,18 @@ async fn from_server(
         file.sync_all().await.map_err(|e| AgentError::io("syncing", part, e))?;
         progress.finish();
     }
-    if have != artifact.size {
+    if have != wanted.size {
         // The connection ended early: keep what arrived so the next run resumes.
         return Err(AgentError::Download(format!(
             "the connection closed after {have} of {} bytes; run the update again to resume",
-            artifact.size
+            wanted.size
         )));
     }
     let actual = sha256_file(part).await?;
-    if actual != artifact.sha256 {
+    if actual != wanted.sha256 {
         remove(part).await;
         return Err(AgentError::DigestMismatch {
-            expected: artifact.sha256.clone(),
+            expected: wanted.sha256.to_owned(),
             actual,
         });
     }
@@ -349,6 +368,8 @@ mod tests {
             sha256: "ab12".into(),
             size: 10,
             format: "tar.gz".into(),
+            content_sha256: None,
+            content_size: None,
         };
         let mirrors = [
             "https://cdn.example.com/upkeep/".to_owned(),

@@ -92,7 +92,7 @@ pub fn unpack_version(
     dir: &ProductDir,
     manifest: &proto::ReleaseManifest,
     archive: &Path,
-    format: &str,
+    format: upkeep_archive::Format,
 ) -> Result<(), AgentError> {
     let versions = dir.versions();
     fs::create_dir_all(&versions).map_err(|e| AgentError::io("creating", &versions, e))?;
@@ -101,17 +101,15 @@ pub fn unpack_version(
         fs::remove_dir_all(&staging).map_err(|e| AgentError::io("clearing", &staging, e))?;
     }
     fs::create_dir_all(&staging).map_err(|e| AgentError::io("creating", &staging, e))?;
-    let unpacked = match upkeep_archive::Format::parse(format) {
-        Some(format) => upkeep_archive::unpack(archive, format, &staging).map_err(|e| match e {
+    let unpacked = upkeep_archive::unpack(archive, format, &staging)
+        .map_err(|e| match e {
             upkeep_archive::ArchiveError::Unsafe { entry, reason } => AgentError::UnsafeArchive { entry, reason },
             other => AgentError::Unpack(other.to_string()),
-        }),
-        None => Err(AgentError::Unpack(format!("unknown archive format `{format}`"))),
-    }
-    .and_then(|()| match &manifest.launch {
-        Some(launch) if !staging.join(launch).is_file() => Err(AgentError::LaunchMissing(launch.clone())),
-        _ => Ok(()),
-    });
+        })
+        .and_then(|()| match &manifest.launch {
+            Some(launch) if !staging.join(launch).is_file() => Err(AgentError::LaunchMissing(launch.clone())),
+            _ => Ok(()),
+        });
     if let Err(e) = unpacked {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);
@@ -219,7 +217,7 @@ mod tests {
     }
 
     fn install(dir: &ProductDir, manifest: &proto::ReleaseManifest, archive: &Path) -> Result<(), AgentError> {
-        unpack_version(dir, manifest, archive, "tar.gz")?;
+        unpack_version(dir, manifest, archive, upkeep_archive::Format::TarGz)?;
         switch_current(dir, &manifest.version)
     }
 

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod delta;
 pub mod download;
 pub mod error;
 pub mod hooks;

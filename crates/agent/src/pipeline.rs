@@ -18,6 +18,7 @@ use std::time::Duration;
 use upkeep_protocol as proto;
 
 use crate::client::DeviceClient;
+use crate::delta;
 use crate::download;
 use crate::error::AgentError;
 use crate::hooks::{self, Placeholders};
@@ -216,35 +217,17 @@ pub async fn apply(
         Err(e) => return run.fail(S::Failed, e).await,
     };
     // The organization's signed TUF targets must list this very file, or nothing is fetched.
-    if let Err(e) = crate::tuf::check_listed(state, enrollment, product, &offer.version, &artifact, director).await {
-        return run.fail(S::Failed, e).await;
-    }
-
-    run.send(S::Downloading, None, None).await;
-    let mirrors = download::mirror_urls(
-        &offer.mirrors,
-        &enrollment.organization,
-        product,
-        &offer.version,
-        &artifact,
-    );
-    let (file, outcome) = match download::fetch(client, &state.downloads(), &artifact, &mirrors, progress).await {
-        Ok(x) => x,
+    let listed = match crate::tuf::check_listed(state, enrollment, product, &offer.version, &artifact, director).await {
+        Ok(listed) => listed,
         Err(e) => return run.fail(S::Failed, e).await,
     };
-    progress.note(&format!(
-        "verified {} bytes, SHA-256 {}",
-        artifact.size, artifact.sha256
-    ));
-    let mut details = serde_json::json!({ "sha256": artifact.sha256, "size": artifact.size, "resumed_from": outcome.resumed_from, "received": outcome.received, "source": outcome.source });
-    if !outcome.mirrors_failed.is_empty() {
-        // Tells the administrator which mirror is broken or hostile.
-        details["mirrors_failed"] = outcome
-            .mirrors_failed
-            .iter()
-            .map(|(mirror, reason)| serde_json::json!({ "mirror": mirror, "reason": reason }))
-            .collect();
-    }
+
+    run.send(S::Downloading, None, None).await;
+    let obtained = match obtain(&run, enrollment, &manifest, &artifact, &listed, progress).await {
+        Ok(obtained) => obtained,
+        Err(e) => return run.fail(S::Failed, e).await,
+    };
+    let Obtained { file, rebuilt, details } = obtained;
     run.send(S::Downloaded, None, Some(details)).await;
 
     if let Some(window) = offer.install_window.as_ref().filter(|w| !w.open) {
@@ -366,8 +349,27 @@ pub async fn apply(
         .await;
 
     // From here on a failure restores the previous state.
-    let result = install_and_check(&run, &mut journal, &manifest, &artifact, &file, &vars, &mut outputs).await;
+    let format = if rebuilt {
+        Some(upkeep_archive::Format::Tar)
+    } else {
+        upkeep_archive::Format::parse(&artifact.format)
+    };
+    let result = install_and_check(
+        &run,
+        &mut journal,
+        &manifest,
+        &artifact,
+        format,
+        &file,
+        &vars,
+        &mut outputs,
+    )
+    .await;
     if let Err((step, err)) = result {
+        if rebuilt {
+            // Rebuilt here from a patch, not a download that could resume.
+            let _ = fs::remove_file(&file);
+        }
         // Two reports, as it happened: the failure, then the rollback.
         run.send(
             S::Failed,
@@ -402,6 +404,17 @@ pub async fn apply(
     let _ = fs::remove_file(run.dir.journal_path());
     if manifest.recipe == "archive" {
         install::prune(&run.dir, &manifest.version, previous.as_deref());
+        if let Err(e) = delta::keep_base(
+            &run.dir,
+            &manifest.version,
+            previous.as_deref(),
+            &artifact,
+            &file,
+            rebuilt,
+        ) {
+            // Only the next update's delta is lost: it falls back to the full artifact.
+            eprintln!("upkeep-agent: warning: {product}: not keeping a delta base: {e}");
+        }
     }
     let _ = fs::remove_file(&file);
     let reminder = LaunchReminder {
@@ -421,11 +434,13 @@ pub async fn apply(
     Ok(Applied::Installed)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn install_and_check(
     run: &Run<'_>,
     journal: &mut Journal,
     manifest: &proto::ReleaseManifest,
     artifact: &proto::Artifact,
+    format: Option<upkeep_archive::Format>,
     file: &Path,
     vars: &Placeholders,
     outputs: &mut serde_json::Map<String, serde_json::Value>,
@@ -449,14 +464,15 @@ async fn install_and_check(
             .await
             .map_err(|e| (Step::Install, e))?,
         _ => {
-            let (dir, m, f, format) = (
-                run.dir.clone(),
-                manifest.clone(),
-                file.to_owned(),
-                artifact.format.clone(),
-            );
+            let format = format.ok_or_else(|| {
+                (
+                    Step::Install,
+                    AgentError::Unpack(format!("unknown archive format `{}`", artifact.format)),
+                )
+            })?;
+            let (dir, m, f) = (run.dir.clone(), manifest.clone(), file.to_owned());
             tokio::task::spawn_blocking(move || {
-                install::unpack_version(&dir, &m, &f, &format)?;
+                install::unpack_version(&dir, &m, &f, format)?;
                 install::switch_current(&dir, &m.version)
             })
             .await
@@ -479,6 +495,92 @@ async fn install_and_check(
         run.journal(journal, step, true).map_err(|e| (step, e))?;
     }
     Ok(())
+}
+
+/// The verified bytes to install and what the `downloaded` report says of them.
+struct Obtained {
+    file: PathBuf,
+    /// `file` is the uncompressed tar a delta rebuilt, not the artifact.
+    rebuilt: bool,
+    details: serde_json::Value,
+}
+
+/// Rebuilds the new version from a patch when one is offered from the installed version and
+/// everything checks out; otherwise (or on any failure) downloads the full artifact.
+async fn obtain(
+    run: &Run<'_>,
+    enrollment: &Enrollment,
+    manifest: &proto::ReleaseManifest,
+    artifact: &proto::Artifact,
+    listed: &crate::tuf::Listed,
+    progress: &Progress,
+) -> Result<Obtained, AgentError> {
+    // What became of the delta path, for the report; none for artifacts that never have patches.
+    let mut delta_note = None;
+    if manifest.recipe == "archive" && artifact.format == "tar.gz" {
+        let installed = run.dir.current_version()?;
+        let signed = listed.content.as_ref().map(|(sha256, size)| (sha256.as_str(), *size));
+        let attempt = match delta::choose(&run.dir, installed.as_deref(), artifact, signed, &run.offer.deltas).await {
+            Ok(None) => None,
+            Ok(Some(plan)) => Some(delta::rebuild(run.client, run.state, &plan, progress).await),
+            Err(reason) => Some(Err(reason)),
+        };
+        match attempt {
+            None => delta_note = Some("none offered".to_owned()),
+            Some(Ok(rebuilt)) => {
+                progress.note(&format!(
+                    "rebuilt from {} with a {} byte patch; SHA-256 of the content verified",
+                    rebuilt.from_version, rebuilt.patch_size
+                ));
+                let details = serde_json::json!({
+                    "sha256": artifact.sha256, "size": artifact.size, "source": "server",
+                    "delta": "used", "delta_from": rebuilt.from_version, "delta_method": rebuilt.method,
+                    "delta_size": rebuilt.patch_size, "fetched": rebuilt.received,
+                });
+                return Ok(Obtained {
+                    file: rebuilt.tar,
+                    rebuilt: true,
+                    details,
+                });
+            }
+            Some(Err(reason)) => {
+                eprintln!(
+                    "upkeep-agent: warning: {}: delta update not used: {reason}; downloading the full artifact",
+                    run.product
+                );
+                delta_note = Some(format!("failed: {reason}"));
+            }
+        }
+    }
+    let mirrors = download::mirror_urls(
+        &run.offer.mirrors,
+        &enrollment.organization,
+        run.product,
+        &run.offer.version,
+        artifact,
+    );
+    let (file, outcome) = download::fetch(run.client, &run.state.downloads(), artifact, &mirrors, progress).await?;
+    progress.note(&format!(
+        "verified {} bytes, SHA-256 {}",
+        artifact.size, artifact.sha256
+    ));
+    let mut details = serde_json::json!({ "sha256": artifact.sha256, "size": artifact.size, "resumed_from": outcome.resumed_from, "received": outcome.received, "fetched": outcome.received, "source": outcome.source });
+    if let Some(note) = delta_note {
+        details["delta"] = note.into();
+    }
+    if !outcome.mirrors_failed.is_empty() {
+        // Tells the administrator which mirror is broken or hostile.
+        details["mirrors_failed"] = outcome
+            .mirrors_failed
+            .iter()
+            .map(|(mirror, reason)| serde_json::json!({ "mirror": mirror, "reason": reason }))
+            .collect();
+    }
+    Ok(Obtained {
+        file,
+        rebuilt: false,
+        details,
+    })
 }
 
 /// Runs a hook and requires exit code 0; returns its output.

@@ -14,6 +14,9 @@
 //! STATE/products/<p>/installed.json the version a `command` recipe installed
 //! STATE/products/<p>/snapshot/     the install folder as it was before a `command` install
 //! STATE/products/<p>/reminder.json the backup to mention at the next launch
+//! STATE/products/<p>/delta-base/<v>.tar the verified uncompressed tar of an installed version,
+//!                                  the base of the next delta (see `delta`)
+//! STATE/downloads/<content>.tar    a version rebuilt from a delta, until it is installed
 //! STATE/backups/<p>/               default backup folder (`UPKEEP_BACKUP_DIR` overrides the base)
 //! ```
 //!

@@ -22,6 +22,13 @@ const LIMITS: tough::Limits = tough::Limits {
 };
 use crate::state::{Enrollment, StateDir};
 
+/// What the signed targets say of an artifact beyond its length and hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listed {
+    /// The SHA-256 and length of its uncompressed tar stream, when the entry names them.
+    pub content: Option<(String, u64)>,
+}
+
 /// Refuses `artifact` unless the organization's signed TUF targets list it, byte for byte.
 pub async fn check_listed(
     state: &StateDir,
@@ -30,7 +37,7 @@ pub async fn check_listed(
     version: &str,
     artifact: &proto::Artifact,
     director: Option<&str>,
-) -> Result<(), AgentError> {
+) -> Result<Listed, AgentError> {
     let root = enrollment.tuf_root.as_deref().ok_or_else(|| {
         AgentError::Tuf("this agent was enrolled without the organization's TUF root; enroll it again".into())
     })?;
@@ -72,7 +79,9 @@ pub async fn check_listed(
             listed.length, artifact.size, artifact.sha256
         )));
     }
-    Ok(())
+    Ok(Listed {
+        content: upkeep_tuf::content_of(&listed.custom).map(|(sha256, size)| (sha256.to_owned(), size)),
+    })
 }
 
 /// The director must list `name` for this workstation, with this artifact's length and hash, in

@@ -4,16 +4,26 @@
 //! Both walk the entries through the same checks ([`walk_tar`], [`walk_zip`]): no absolute paths,
 //! no `..`, no links pointing out of the install folder, nothing but files, folders and links.
 //! Unpacking additionally refuses to write through a link that would lead outside `dest`.
+//!
+//! A `.tar.gz` also has a *content*: its uncompressed tar stream, whose SHA-256 and length the
+//! server records at upload ([`Inspection::content`]) so that a delta-rebuilt tar can be checked
+//! against signed metadata; [`Format::Tar`] unpacks such a stream through the very same checks.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 use upkeep_domain::{link_stays_inside, normalize_archive_path};
 
 /// More entries than this is refused: no real product needs it, and a hostile archive could.
 pub const MAX_ENTRIES: usize = 200_000;
+
+/// Bytes allowed after a tar stream's end marker for its content to be recorded; real archives
+/// carry at most a record's padding (10 KiB), and a stream of junk there is not worth diffing.
+const MAX_TRAILING: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -23,6 +33,8 @@ pub enum ArchiveError {
     Unsafe { entry: String, reason: String },
     #[error("the archive has more than {MAX_ENTRIES} entries")]
     TooManyEntries,
+    #[error("the uncompressed archive is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
     #[error("{context} {}: {source}", path.display())]
     Io {
         context: &'static str,
@@ -35,6 +47,9 @@ pub enum ArchiveError {
 pub enum Format {
     TarGz,
     Zip,
+    /// An uncompressed tar stream: the content of a `.tar.gz`, as rebuilt from a delta. Never an
+    /// upload's format, so neither [`Format::from_filename`] nor [`Format::parse`] yields it.
+    Tar,
 }
 
 impl Format {
@@ -63,6 +78,7 @@ impl Format {
         match self {
             Format::TarGz => "tar.gz",
             Format::Zip => "zip",
+            Format::Tar => "tar",
         }
     }
 }
@@ -119,20 +135,87 @@ fn check(
     Ok(Some(checked))
 }
 
-/// Walks a `.tar.gz`, calling `visit` with each checked entry and the reader positioned on it.
+/// The SHA-256 (hex) and length of a `.tar.gz`'s uncompressed tar stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A reader that hashes and counts what passes through it (the tar walk reads through one).
+pub struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    /// Reads to the end (at most `trailing` more bytes) and returns the content; `None` when more
+    /// than that is left.
+    fn finish(mut self, trailing: u64) -> std::io::Result<Option<Content>> {
+        let before = self.size;
+        std::io::copy(&mut (&mut self).take(trailing + 1), &mut std::io::sink())?;
+        if self.size - before > trailing {
+            return Ok(None);
+        }
+        Ok(Some(Content {
+            sha256: hex::encode(self.hasher.finalize()),
+            size: self.size,
+        }))
+    }
+}
+
+fn gunzip(path: &Path) -> std::io::Result<flate2::read::MultiGzDecoder<BufReader<File>>> {
+    // Every gzip member, as `gzip -d` reads them: the content hash covers what unpacking sees.
+    Ok(flate2::read::MultiGzDecoder::new(BufReader::new(File::open(path)?)))
+}
+
+/// A tar reader positioned on one entry.
+pub type TarEntry<'a, R> = tar::Entry<'a, Hashing<R>>;
+
+/// Walks a `.tar.gz`, calling `visit` with each checked entry and the reader positioned on it;
+/// returns the content of the stream (see [`Content`]).
 pub fn walk_tar(
     path: &Path,
-    mut visit: impl FnMut(
+    visit: impl FnMut(
         &SafeEntry,
-        &mut tar::Entry<'_, flate2::read::GzDecoder<BufReader<File>>>,
+        &mut TarEntry<'_, flate2::read::MultiGzDecoder<BufReader<File>>>,
     ) -> Result<(), ArchiveError>,
-) -> Result<(), ArchiveError> {
+) -> Result<Option<Content>, ArchiveError> {
     let unreadable = |e: std::io::Error| ArchiveError::Unreadable {
         format: "tar.gz",
         reason: e.to_string(),
     };
-    let file = File::open(path).map_err(unreadable)?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+    walk_tar_stream(gunzip(path).map_err(unreadable)?, "tar.gz", visit)
+}
+
+fn walk_tar_stream<R: Read>(
+    reader: R,
+    format: &'static str,
+    mut visit: impl FnMut(&SafeEntry, &mut TarEntry<'_, R>) -> Result<(), ArchiveError>,
+) -> Result<Option<Content>, ArchiveError> {
+    let unreadable = |e: std::io::Error| ArchiveError::Unreadable {
+        format,
+        reason: e.to_string(),
+    };
+    let mut archive = tar::Archive::new(Hashing::new(reader));
     archive.set_preserve_permissions(false);
     archive.set_unpack_xattrs(false);
     let mut links = BTreeSet::new();
@@ -169,7 +252,33 @@ pub fn walk_tar(
             visit(&checked, &mut entry)?;
         }
     }
-    Ok(())
+    archive.into_inner().finish(MAX_TRAILING).map_err(unreadable)
+}
+
+/// Writes the uncompressed tar stream of the `.tar.gz` at `path` into `out`, refusing to write
+/// more than `limit` bytes, and returns its content digest.
+pub fn decompress(path: &Path, mut out: impl Write, limit: u64) -> Result<Content, ArchiveError> {
+    let unreadable = |e: std::io::Error| ArchiveError::Unreadable {
+        format: "tar.gz",
+        reason: e.to_string(),
+    };
+    let mut reader = Hashing::new(gunzip(path).map_err(unreadable)?);
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buffer).map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        if reader.size > limit {
+            return Err(ArchiveError::TooLarge { limit });
+        }
+        out.write_all(&buffer[..n]).map_err(io("writing", path))?;
+    }
+    out.flush().map_err(io("writing", path))?;
+    Ok(Content {
+        sha256: hex::encode(reader.hasher.finalize()),
+        size: reader.size,
+    })
 }
 
 /// Walks a `.zip` the same way.
@@ -207,8 +316,17 @@ pub fn walk_zip(
     Ok(())
 }
 
-/// Checks every entry and reads the archive end to end; returns the regular files it holds.
-pub fn inspect(path: &Path, format: Format) -> Result<BTreeSet<String>, ArchiveError> {
+/// What [`inspect`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// The regular files the archive holds.
+    pub files: BTreeSet<String>,
+    /// For a `.tar.gz`: its uncompressed tar stream (none when junk follows the tar's end).
+    pub content: Option<Content>,
+}
+
+/// Checks every entry and reads the archive end to end.
+pub fn inspect(path: &Path, format: Format) -> Result<Inspection, ArchiveError> {
     let mut files = BTreeSet::new();
     let mut note = |entry: &SafeEntry, reader: &mut dyn Read| {
         if let SafeEntry::File(name) = entry {
@@ -221,11 +339,24 @@ pub fn inspect(path: &Path, format: Format) -> Result<BTreeSet<String>, ArchiveE
         })?;
         Ok(())
     };
-    match format {
+    let content = match format {
         Format::TarGz => walk_tar(path, |entry, reader| note(entry, reader))?,
-        Format::Zip => walk_zip(path, |entry, reader| note(entry, reader))?,
-    }
-    Ok(files)
+        Format::Tar => walk_tar_stream(open_tar(path)?, "tar", |entry, reader| note(entry, reader))?,
+        Format::Zip => {
+            walk_zip(path, |entry, reader| note(entry, reader))?;
+            None
+        }
+    };
+    Ok(Inspection { files, content })
+}
+
+fn open_tar(path: &Path) -> Result<BufReader<File>, ArchiveError> {
+    File::open(path)
+        .map(BufReader::new)
+        .map_err(|e| ArchiveError::Unreadable {
+            format: "tar",
+            reason: e.to_string(),
+        })
 }
 
 fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError {
@@ -238,17 +369,11 @@ pub fn unpack(path: &Path, format: Format, dest: &Path) -> Result<(), ArchiveErr
     let root = dest.canonicalize().map_err(io("resolving", dest))?;
     match format {
         // tar's `unpack_in` already refuses to write through links that lead out of `dest`.
-        Format::TarGz => walk_tar(path, |entry, reader| {
-            let inside = reader.unpack_in(dest).map_err(io("unpacking into", dest))?;
-            if inside {
-                Ok(())
-            } else {
-                Err(unsafe_entry(
-                    entry_path(entry),
-                    "it resolves outside the install folder",
-                ))
-            }
-        }),
+        Format::TarGz => walk_tar(path, |entry, reader| unpack_tar_entry(entry, reader, dest)).map(drop),
+        Format::Tar => walk_tar_stream(open_tar(path)?, "tar", |entry, reader| {
+            unpack_tar_entry(entry, reader, dest)
+        })
+        .map(drop),
         Format::Zip => walk_zip(path, |entry, reader| {
             let target = dest.join(entry_path(entry));
             let parent = target.parent().unwrap_or(dest).to_owned();
@@ -278,6 +403,17 @@ pub fn unpack(path: &Path, format: Format, dest: &Path) -> Result<(), ArchiveErr
                 }
             }
         }),
+    }
+}
+
+fn unpack_tar_entry<R: Read>(entry: &SafeEntry, reader: &mut TarEntry<'_, R>, dest: &Path) -> Result<(), ArchiveError> {
+    if reader.unpack_in(dest).map_err(io("unpacking into", dest))? {
+        Ok(())
+    } else {
+        Err(unsafe_entry(
+            entry_path(entry),
+            "it resolves outside the install folder",
+        ))
     }
 }
 
@@ -337,7 +473,7 @@ mod tests {
                 ("./lib/current", tar::EntryType::Symlink, b"", "../bin"),
             ]),
         );
-        let files = inspect(&archive, Format::TarGz).unwrap();
+        let files = inspect(&archive, Format::TarGz).unwrap().files;
         assert_eq!(files.into_iter().collect::<Vec<_>>(), ["bin/demo"]);
         let dest = tmp.path().join("out");
         fs::create_dir(&dest).unwrap();
@@ -387,7 +523,8 @@ mod tests {
         let bad = write(tmp.path(), "bad.zip", &zip_with("../evil"));
         assert!(matches!(inspect(&bad, Format::Zip), Err(ArchiveError::Unsafe { .. })));
         let good = write(tmp.path(), "good.zip", &zip_with("bin/demo"));
-        assert_eq!(inspect(&good, Format::Zip).unwrap().len(), 1);
+        let inspected = inspect(&good, Format::Zip).unwrap();
+        assert_eq!((inspected.files.len(), inspected.content), (1, None));
         let dest = tmp.path().join("out");
         fs::create_dir(&dest).unwrap();
         unpack(&good, Format::Zip, &dest).unwrap();
@@ -426,6 +563,62 @@ mod tests {
         fs::create_dir_all(&dest).unwrap();
         assert!(unpack(&zip_path, Format::Zip, &dest).is_err());
         assert!(!tmp.path().join("a/victim").exists() && !tmp.path().join("victim").exists());
+    }
+
+    fn gunzipped(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_content_is_the_uncompressed_tar_and_unpacks_through_the_same_checks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes = tar_gz(&[
+            ("bin/demo", tar::EntryType::Regular, b"#!/bin/sh\n", ""),
+            ("lib/data", tar::EntryType::Regular, &[7u8; 5000], ""),
+        ]);
+        let archive = write(tmp.path(), "a.tar.gz", &bytes);
+        let tar = gunzipped(&bytes);
+        let expected = Content {
+            sha256: hex::encode(Sha256::digest(&tar)),
+            size: tar.len() as u64,
+        };
+        assert_eq!(
+            inspect(&archive, Format::TarGz).unwrap().content,
+            Some(expected.clone())
+        );
+
+        let mut out = Vec::new();
+        assert_eq!(decompress(&archive, &mut out, tar.len() as u64).unwrap(), expected);
+        assert!(out == tar);
+        assert!(matches!(
+            decompress(&archive, std::io::sink(), tar.len() as u64 - 1),
+            Err(ArchiveError::TooLarge { .. })
+        ));
+
+        let plain = write(tmp.path(), "a.tar", &tar);
+        let dest = tmp.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        unpack(&plain, Format::Tar, &dest).unwrap();
+        assert_eq!(fs::read(dest.join("lib/data")).unwrap(), [7u8; 5000]);
+
+        for (name, kind, link) in [
+            ("../../evil", tar::EntryType::Regular, ""),
+            ("/etc/evil", tar::EntryType::Regular, ""),
+            ("link", tar::EntryType::Symlink, "../.."),
+        ] {
+            let bad = write(tmp.path(), "bad.tar", &gunzipped(&tar_gz(&[(name, kind, b"", link)])));
+            assert!(
+                matches!(inspect(&bad, Format::Tar), Err(ArchiveError::Unsafe { .. })),
+                "{name}"
+            );
+            assert!(
+                matches!(unpack(&bad, Format::Tar, &dest), Err(ArchiveError::Unsafe { .. })),
+                "{name}"
+            );
+        }
+        assert!(!tmp.path().join("evil").exists());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - `get`: the same load loop as plain GETs of one URL, so a static file on nginx is measured by
 //!   the very same client.
 //! - `download`: fetches one URL repeatedly and reports the throughput.
+//! - `delta-build` / `delta-apply`: builds or applies one binary patch with `upkeep-delta`, timed
+//!   (used by `bench/delta`, which runs each in its own process to read its peak memory).
 //!
 //! Each command prints one JSON object on stdout.
 
@@ -92,6 +94,30 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Build a patch from OLD to NEW with one method.
+    DeltaBuild {
+        #[arg(long)]
+        method: String,
+        #[arg(long)]
+        old: PathBuf,
+        #[arg(long)]
+        new: PathBuf,
+        #[arg(long)]
+        patch: PathBuf,
+    },
+    /// Apply PATCH to OLD, writing OUT (bounded by --limit bytes).
+    DeltaApply {
+        #[arg(long)]
+        method: String,
+        #[arg(long)]
+        old: PathBuf,
+        #[arg(long)]
+        patch: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        limit: u64,
+    },
 }
 
 fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
@@ -142,6 +168,45 @@ async fn main() -> anyhow::Result<()> {
             connections,
             seconds,
         } => download(&url, token.as_deref(), connections, seconds).await,
+        Command::DeltaBuild {
+            method,
+            old,
+            new,
+            patch,
+        } => {
+            let method = upkeep_delta::Method::parse(&method)?;
+            let (old, new) = (std::fs::read(&old)?, std::fs::read(&new)?);
+            let started = Instant::now();
+            let bytes = upkeep_delta::build(method, &old, &new)?;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            std::fs::write(&patch, &bytes)?;
+            // `chosen`: what the server would build these two with.
+            let chosen = upkeep_delta::Method::for_sizes(old.len() as u64, new.len() as u64);
+            println!(
+                "{}",
+                serde_json::json!({ "method": method.as_str(), "chosen": chosen.as_str(), "patch_bytes": bytes.len(), "ms": ms })
+            );
+            Ok(())
+        }
+        Command::DeltaApply {
+            method,
+            old,
+            patch,
+            out,
+            limit,
+        } => {
+            let method = upkeep_delta::Method::parse(&method)?;
+            let (old, patch) = (std::fs::read(&old)?, std::fs::read(&patch)?);
+            let started = Instant::now();
+            let file = std::io::BufWriter::new(std::fs::File::create(&out)?);
+            let written = upkeep_delta::apply(method, &old, &patch, file, limit)?;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            println!(
+                "{}",
+                serde_json::json!({ "method": method.as_str(), "out_bytes": written, "ms": ms })
+            );
+            Ok(())
+        }
     }
 }
 

@@ -193,6 +193,13 @@ pub struct Artifact {
     pub size: u64,
     /// `tar.gz` or `zip`.
     pub format: String,
+    /// For a `tar.gz`: the SHA-256 of its uncompressed tar stream, which a delta rebuilds and is
+    /// checked against before use. Absent for other formats and for releases made before deltas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_sha256: Option<String>,
+    /// The length of that tar stream, the most bytes applying a delta may produce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_size: Option<u64>,
 }
 
 impl Artifact {
@@ -625,6 +632,22 @@ pub struct UpdateOffer {
     /// mirrors are not trusted, what they serve is checked against the signed size and SHA-256.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<String>,
+    /// Patches to this version from earlier ones, served at [`delta_path`]. Unsigned like the
+    /// mirrors: what a patch rebuilds is used only when its SHA-256 is the signed `content_sha256`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<DeltaOffer>,
+}
+
+/// A binary patch from `from_version`'s uncompressed artifact to the offered one's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeltaOffer {
+    pub from_version: String,
+    pub platform: String,
+    /// SHA-256 of the patch file itself.
+    pub sha256: String,
+    pub size: u64,
+    /// How it was made (`zstd` or `bsdiff`, see `upkeep-delta`).
+    pub method: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -799,6 +822,11 @@ pub fn artifact_path(sha256: &str) -> String {
     format!("/api/v1/device/artifacts/{sha256}")
 }
 
+/// Where the device API serves a delta patch, by its SHA-256.
+pub fn delta_path(sha256: &str) -> String {
+    format!("/api/v1/device/deltas/{sha256}")
+}
+
 /// The flat TUF target name of an artifact: `<product>_<version>_<platform>.<ext>`, with the
 /// archive format as the extension (or the file's own, or `bin`). Flat, so every TUF client builds
 /// the same consistent-snapshot URL.
@@ -878,10 +906,12 @@ mod tests {
                 signature: "x".into(),
             },
             mirrors: Vec::new(),
+            deltas: Vec::new(),
         };
         let json = serde_json::to_value(&offer).unwrap();
         assert!(json.get("mirrors").is_none(), "{json}");
+        assert!(json.get("deltas").is_none(), "{json}");
         let back: UpdateOffer = serde_json::from_value(json).unwrap();
-        assert!(back.mirrors.is_empty());
+        assert!(back.mirrors.is_empty() && back.deltas.is_empty());
     }
 }

@@ -604,11 +604,7 @@ async fn store_release(
         _ => None,
     };
 
-    tokio::fs::create_dir_all(&state.settings.staging_dir).await?;
-    let staged = tempfile::Builder::new()
-        .prefix("upload-")
-        .tempfile_in(&state.settings.staging_dir)?
-        .into_temp_path();
+    let staged = state.settings.staged("upload-").await?;
     let mut file = tokio::fs::File::create(&staged).await?;
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
@@ -639,12 +635,12 @@ async fn store_release(
     let sha256 = hex::encode(hasher.finalize());
 
     let staged_path = staged.to_path_buf();
-    let files = match format {
+    let inspected = match format {
         Some(format) => Some(inspect(staged_path, format).await?),
         None => None,
     };
-    if let (Some(files), Some(launch)) = (&files, &spec.launch)
-        && !files.contains(launch)
+    if let (Some(inspected), Some(launch)) = (&inspected, &spec.launch)
+        && !inspected.files.contains(launch)
     {
         return Err(ApiError::bad_request(
             codes::INVALID_PATH,
@@ -653,12 +649,15 @@ async fn store_release(
         ));
     }
 
+    let content = inspected.as_ref().and_then(|i| i.content.clone());
     let artifact = proto::Artifact {
         platform: meta.platform.clone(),
         filename,
         sha256: sha256.clone(),
         size,
         format: format.map_or("file", Format::as_str).to_owned(),
+        content_size: content.as_ref().map(|c| c.size),
+        content_sha256: content.map(|c| c.sha256),
     };
     let manifest = proto::ReleaseManifest {
         product: product.clone(),
@@ -697,17 +696,21 @@ async fn store_release(
             actor: &admin.user,
         })
         .await;
-    if let Err(err) = inserted {
-        // Leave no blob behind that no release refers to.
-        if !blob_was_there && !state.db.blob_referenced(&sha256).await.unwrap_or(true) {
-            let _ = state.blobs.delete(&sha256).await;
+    let release_id = match inserted {
+        Ok(id) => id,
+        Err(err) => {
+            // Leave no blob behind that no release refers to.
+            if !blob_was_there && !state.db.blob_referenced(&sha256).await.unwrap_or(true) {
+                let _ = state.blobs.delete(&sha256).await;
+            }
+            return Err(match err {
+                db::DbError::Conflict => version_exists(&product, &meta.version),
+                other => other.into(),
+            });
         }
-        return Err(match err {
-            db::DbError::Conflict => version_exists(&product, &meta.version),
-            other => other.into(),
-        });
-    }
+    };
     tracing::info!(%product, version = %meta.version, %sha256, size, "release uploaded");
+    crate::delta::spawn_build(state.clone(), release_id);
     let release = proto::Release {
         product,
         version: meta.version,
@@ -722,8 +725,8 @@ async fn store_release(
     Ok(release)
 }
 
-/// Checks an uploaded archive off the async workers; returns the files it holds.
-async fn inspect(path: std::path::PathBuf, format: Format) -> ApiResult<std::collections::BTreeSet<String>> {
+/// Checks an uploaded archive off the async workers; returns what it holds.
+async fn inspect(path: std::path::PathBuf, format: Format) -> ApiResult<upkeep_archive::Inspection> {
     tokio::task::spawn_blocking(move || upkeep_archive::inspect(&path, format))
         .await
         .map_err(|e| ApiError::Internal(format!("archive inspection: {e}")))?

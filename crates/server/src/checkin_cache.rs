@@ -80,6 +80,8 @@ pub struct ReleaseOffer {
     pub manifest: proto::SignedManifest,
     /// The release's target files, as the director lists them.
     pub director_targets: BTreeMap<String, upkeep_tuf::DirectorTarget>,
+    /// Patches to the release from earlier ones.
+    pub deltas: Vec<proto::DeltaOffer>,
 }
 
 /// An enrolled workstation, as check-ins and the other device routes need it.
@@ -343,11 +345,13 @@ async fn build(db: &Database, organization_id: i64, generation: i64) -> Result<S
             continue;
         };
         let director_targets = director_targets(&manifest)?;
+        let deltas = db.delta_offers(organization_id, &rollout.product, &version).await?;
         offers.entry(rollout.product.clone()).or_default().insert(
             version,
             Arc::new(ReleaseOffer {
                 manifest,
                 director_targets,
+                deltas,
             }),
         );
     }

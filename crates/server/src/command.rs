@@ -87,6 +87,11 @@ pub struct ServeArgs {
     /// nothing else writes nothing at once.
     #[arg(long, env = "UPKEEP_LAST_CHECKIN_PRECISION", default_value = "10s", value_parser = parse_tick)]
     pub last_checkin_precision: std::time::Duration,
+    /// After each release upload, build binary patches to it from this many earlier releases of
+    /// the same product and platform (tar.gz artifacts only), so agents download only what
+    /// changed. 0 turns delta updates off.
+    #[arg(long, env = "UPKEEP_DELTA_FROM_RELEASES", default_value_t = 3)]
+    pub delta_from_releases: usize,
 }
 
 /// Runs the program; returns the process exit code.
@@ -169,6 +174,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tuf_keys_dir: args.data.join("keys").join("tuf"),
             tuf_timestamp_lifetime: args.tuf_timestamp_lifetime,
             mirrors: args.mirrors.clone(),
+            delta_from_releases: args.delta_from_releases,
         }),
         director_keys: Arc::default(),
         checkin_cache: Arc::new(CheckinCache::new(CacheSettings {
@@ -179,6 +185,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let ticker = crate::rollouts::spawn_ticker(state.clone(), args.rollout_tick);
     let refresher = crate::checkin_cache::spawn_refresher(state.clone());
+    crate::delta::spawn_resume(state.clone());
     let mailer = match &args.smtp_url {
         Some(url) => {
             Some(crate::notify::Mailer::new(url, &args.smtp_from).map_err(|e| anyhow::anyhow!("--smtp-url: {e}"))?)

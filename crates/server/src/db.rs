@@ -15,11 +15,13 @@ use upkeep_protocol as proto;
 
 mod checkin;
 mod console;
+mod deltas;
 mod notify;
 mod rollouts;
 mod tuf;
 pub use checkin::{DeviceFacts, StoredDevice};
 pub use console::{ComponentHost, PublicDownload};
+pub use deltas::{DeltaClaim, DeltaSource, NewDelta};
 pub use notify::{Notice, Outgoing};
 pub use rollouts::{NewRollout, RolloutRow};
 pub use tuf::ApprovedArtifact;
@@ -70,6 +72,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 2,
         sql: include_str!("../migrations/0002_console.sql"),
+    },
+    Migration {
+        version: 3,
+        sql: include_str!("../migrations/0003_deltas.sql"),
     },
 ];
 
@@ -351,7 +357,8 @@ impl Database {
 
     /// Inserts a release with its artifact, its pending approval and the upload event, all or
     /// nothing.
-    pub async fn insert_release(&self, new: &NewRelease<'_>) -> Result<()> {
+    /// Records a release with its artifact and pending approval; returns the release's id.
+    pub async fn insert_release(&self, new: &NewRelease<'_>) -> Result<i64> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let release_id: i64 = sqlx::query(
@@ -373,7 +380,12 @@ impl Database {
         .map_err(DbError::from_insert)?
         .try_get("id")?;
         let artifact = new.artifact;
-        sqlx::query("INSERT INTO artifacts (release_id, platform, filename, sha256, size, format, organization_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        let content_size = artifact
+            .content_size
+            .map(i64::try_from)
+            .transpose()
+            .map_err(|_| DbError::Corrupt("content size".into()))?;
+        sqlx::query("INSERT INTO artifacts (release_id, platform, filename, sha256, size, format, organization_id, content_sha256, content_size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(release_id)
             .bind(&artifact.platform)
             .bind(&artifact.filename)
@@ -381,6 +393,8 @@ impl Database {
             .bind(i64::try_from(artifact.size).map_err(|_| DbError::Corrupt("artifact size".into()))?)
             .bind(&artifact.format)
             .bind(new.organization_id)
+            .bind(&artifact.content_sha256)
+            .bind(content_size)
             .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT INTO approvals (organization_id, release_id, state, reason, decided_by, decided_at) VALUES ($1, $2, 'pending', NULL, $3, $4)")
@@ -409,12 +423,15 @@ impl Database {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(release_id)
     }
 
     /// True when some release still refers to the blob.
     pub async fn blob_referenced(&self, sha256: &str) -> Result<bool> {
-        Ok(sqlx::query("SELECT 1 AS one FROM artifacts WHERE sha256 = $1 LIMIT 1")
+        // Patches live in the same store, keyed the same way.
+        Ok(sqlx::query(
+            "SELECT 1 AS one FROM artifacts WHERE sha256 = $1 UNION ALL SELECT 1 AS one FROM deltas WHERE sha256 = $1 LIMIT 1",
+        )
             .bind(sha256)
             .fetch_optional(&self.pool)
             .await?
@@ -437,7 +454,7 @@ impl Database {
         .fetch_all(&self.pool)
         .await?;
         let artifact_rows = sqlx::query(
-            "SELECT x.release_id, x.platform, x.filename, x.sha256, x.size, x.format FROM artifacts x JOIN releases r ON r.id = x.release_id WHERE r.product_id = $1 ORDER BY x.platform",
+            "SELECT x.release_id, x.platform, x.filename, x.sha256, x.size, x.format, x.content_sha256, x.content_size FROM artifacts x JOIN releases r ON r.id = x.release_id WHERE r.product_id = $1 ORDER BY x.platform",
         )
         .bind(product_id)
         .fetch_all(&self.pool)
@@ -531,16 +548,30 @@ impl Database {
 
     /// The organization may download this blob: it belongs to a release approved there.
     pub async fn artifact_downloadable(&self, organization_id: i64, sha256: &str) -> Result<Option<u64>> {
-        let row = sqlx::query(
+        self.downloadable_size(
             "SELECT x.size FROM artifacts x JOIN approvals a ON a.release_id = x.release_id AND a.organization_id = $1 AND a.state = 'approved' WHERE x.sha256 = $2 LIMIT 1",
+            organization_id,
+            sha256,
         )
-        .bind(organization_id)
-        .bind(sha256)
-        .fetch_optional(&self.pool)
-        .await?;
+        .await
+    }
+
+    /// Runs `query` (parameters: organization, digest; answers `size`) for a blob a device may
+    /// download.
+    pub(crate) async fn downloadable_size(
+        &self,
+        query: &'static str,
+        organization_id: i64,
+        sha256: &str,
+    ) -> Result<Option<u64>> {
+        let row = sqlx::query(query)
+            .bind(organization_id)
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| {
             let size: i64 = r.try_get("size")?;
-            u64::try_from(size).map_err(|_| DbError::Corrupt("negative artifact size".into()))
+            u64::try_from(size).map_err(|_| DbError::Corrupt("negative blob size".into()))
         })
         .transpose()
     }
@@ -1038,12 +1069,18 @@ async fn insert_event_at(
 
 pub(crate) fn artifact_from_row(r: &AnyRow) -> Result<proto::Artifact> {
     let size: i64 = r.try_get("size")?;
+    let content_size: Option<i64> = r.try_get("content_size")?;
     Ok(proto::Artifact {
         platform: r.try_get("platform")?,
         filename: r.try_get("filename")?,
         sha256: r.try_get("sha256")?,
         size: u64::try_from(size).map_err(|_| DbError::Corrupt("negative artifact size".into()))?,
         format: r.try_get("format")?,
+        content_sha256: r.try_get("content_sha256")?,
+        content_size: content_size
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| DbError::Corrupt("negative content size".into()))?,
     })
 }
 

@@ -36,6 +36,7 @@ pub(crate) fn routes(t: &mut Table) {
         .route(Method::POST, "/checkin", Device, checkin)
         .route(Method::POST, "/reports", Device, report)
         .route(Method::GET, "/artifacts/{sha256}", Device, download)
+        .route(Method::GET, "/deltas/{sha256}", Device, crate::delta::download)
         .route(Method::GET, "/wait", Device, wait);
 }
 
@@ -268,6 +269,11 @@ async fn checkin(
                     }),
                     manifest: offer.manifest.clone(),
                     mirrors: state.settings.mirrors.clone(),
+                    deltas: if state.settings.delta_from_releases == 0 {
+                        Vec::new()
+                    } else {
+                        offer.deltas.clone()
+                    },
                 })
             }
             None => None,
@@ -423,13 +429,7 @@ async fn download(
     UrlPath(sha256): UrlPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    if !is_sha256_hex(&sha256) {
-        return Err(ApiError::bad_request(
-            codes::INVALID_FIELD,
-            "sha256",
-            "not a lowercase hex SHA-256 digest",
-        ));
-    }
+    check_digest(&sha256)?;
     let not_found = || {
         ApiError::not_found(
             codes::NOT_FOUND,
@@ -443,6 +443,18 @@ async fn download(
         .await?
         .ok_or_else(not_found)?;
     send_artifact(&state, &sha256, size, &headers, None).await
+}
+
+/// A digest in a download path must be lowercase hex SHA-256 (it becomes a blob key).
+pub(crate) fn check_digest(sha256: &str) -> ApiResult<()> {
+    if !is_sha256_hex(sha256) {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            "sha256",
+            "not a lowercase hex SHA-256 digest",
+        ));
+    }
+    Ok(())
 }
 
 /// Answers a download of a stored artifact of `size` bytes, whole or the requested range (so an

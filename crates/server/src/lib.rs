@@ -17,6 +17,7 @@ pub mod checkin_cache;
 pub mod command;
 pub mod console;
 pub mod db;
+pub mod delta;
 pub mod device_api;
 pub mod error;
 pub mod manifest;
@@ -57,6 +58,19 @@ pub struct Settings {
     pub tuf_timestamp_lifetime: std::time::Duration,
     /// Base URLs of mirrors of the TUF targets tree, offered to agents in this order.
     pub mirrors: Vec<String>,
+    /// Patches to each new `tar.gz` release are built from this many earlier releases (0: none).
+    pub delta_from_releases: usize,
+}
+
+impl Settings {
+    /// A new temporary file in the staging folder, removed when the path is dropped.
+    pub(crate) async fn staged(&self, prefix: &str) -> std::io::Result<tempfile::TempPath> {
+        tokio::fs::create_dir_all(&self.staging_dir).await?;
+        Ok(tempfile::Builder::new()
+            .prefix(prefix)
+            .tempfile_in(&self.staging_dir)?
+            .into_temp_path())
+    }
 }
 
 pub fn router(state: AppState) -> Router {

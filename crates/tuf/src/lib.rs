@@ -239,25 +239,43 @@ pub struct TargetEntry {
     pub name: String,
     pub sha256: String,
     pub length: u64,
-    /// Shown to clients as `custom` (product, version, platform).
+    /// Shown to clients as `custom` (product, version, platform; for a `tar.gz` also
+    /// [`CONTENT_SHA256`] and [`CONTENT_SIZE`]).
     pub custom: HashMap<String, serde_json::Value>,
 }
 
+/// The `custom` key of a `tar.gz` entry naming the SHA-256 of its uncompressed tar stream: signed
+/// with the targets, so a delta's result is checked against what the targets key vouched for.
+pub const CONTENT_SHA256: &str = "content_sha256";
+/// The `custom` key with the length of that stream.
+pub const CONTENT_SIZE: &str = "content_size";
+
 impl TargetEntry {
-    /// The entry of a release's artifact, with `custom` naming product, version and platform.
+    /// The entry of a release's artifact, with `custom` naming product, version and platform,
+    /// and the content digest when the artifact has one.
     pub fn of_artifact(product: &str, version: &str, artifact: &upkeep_protocol::Artifact) -> Self {
+        let mut custom: HashMap<String, serde_json::Value> = [
+            ("product".to_owned(), serde_json::json!(product)),
+            ("version".to_owned(), serde_json::json!(version)),
+            ("platform".to_owned(), serde_json::json!(artifact.platform)),
+        ]
+        .into_iter()
+        .collect();
+        if let (Some(sha256), Some(size)) = (&artifact.content_sha256, artifact.content_size) {
+            custom.insert(CONTENT_SHA256.to_owned(), serde_json::json!(sha256));
+            custom.insert(CONTENT_SIZE.to_owned(), serde_json::json!(size));
+        }
         TargetEntry {
             name: artifact.target_name(product, version),
             sha256: artifact.sha256.clone(),
             length: artifact.size,
-            custom: [
-                ("product".to_owned(), serde_json::json!(product)),
-                ("version".to_owned(), serde_json::json!(version)),
-                ("platform".to_owned(), serde_json::json!(artifact.platform)),
-            ]
-            .into_iter()
-            .collect(),
+            custom,
         }
+    }
+
+    /// The content digest and length `custom` names, when it names both.
+    pub fn content(&self) -> Option<(&str, u64)> {
+        content_of(&self.custom)
     }
 
     fn to_target(&self) -> Result<Target, TufError> {
@@ -272,6 +290,14 @@ impl TargetEntry {
             _extra: HashMap::new(),
         })
     }
+}
+
+/// The content digest and length in a target's `custom` metadata, when it names both.
+pub fn content_of(custom: &HashMap<String, serde_json::Value>) -> Option<(&str, u64)> {
+    Some((
+        custom.get(CONTENT_SHA256)?.as_str()?,
+        custom.get(CONTENT_SIZE)?.as_u64()?,
+    ))
 }
 
 /// The entries a targets file lists, sorted by name.
@@ -395,6 +421,28 @@ mod tests {
 
     fn in_hours(h: i64) -> jiff::Timestamp {
         jiff::Timestamp::now() + jiff::SignedDuration::from_hours(h)
+    }
+
+    #[test]
+    fn a_tar_gz_entry_carries_its_content_digest_through_signed_targets() {
+        let mut artifact = upkeep_protocol::Artifact {
+            platform: "linux-x86_64".into(),
+            filename: "demo.tar.gz".into(),
+            sha256: "ab".repeat(32),
+            size: 10,
+            format: "tar.gz".into(),
+            content_sha256: Some("cd".repeat(32)),
+            content_size: Some(20),
+        };
+        let entry = TargetEntry::of_artifact("demo", "1.0.0", &artifact);
+        assert_eq!(entry.content(), Some(("cd".repeat(32).as_str(), 20)));
+        let targets = targets_metadata(std::slice::from_ref(&entry), NonZeroU64::MIN, in_hours(1)).unwrap();
+        assert_eq!(entries(&targets), [entry]);
+
+        artifact.content_sha256 = None;
+        let without = TargetEntry::of_artifact("demo", "1.0.0", &artifact);
+        assert_eq!(without.content(), None);
+        assert!(!without.custom.contains_key(CONTENT_SHA256) && !without.custom.contains_key(CONTENT_SIZE));
     }
 
     #[tokio::test]

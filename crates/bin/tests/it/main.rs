@@ -8,6 +8,7 @@ mod harness;
 mod bad_input;
 mod browser;
 mod console;
+mod deltas;
 mod mirrors;
 mod notifications;
 mod offline;

@@ -156,7 +156,7 @@ impl Database {
     /// product; the caller keeps the latest per platform.
     pub async fn public_downloads(&self) -> Result<Vec<PublicDownload>> {
         let rows = sqlx::query(
-            "SELECT o.name AS organization, p.name AS product, r.version, r.notes, x.platform, x.filename, x.sha256, x.size, x.format \
+            "SELECT o.name AS organization, p.name AS product, r.version, r.notes, x.platform, x.filename, x.sha256, x.size, x.format, x.content_sha256, x.content_size \
              FROM products p JOIN organizations o ON o.id = p.organization_id JOIN releases r ON r.product_id = p.id \
              JOIN approvals a ON a.release_id = r.id AND a.organization_id = p.organization_id AND a.state = 'approved' \
              JOIN artifacts x ON x.release_id = r.id \
@@ -166,19 +166,12 @@ impl Database {
         .await?;
         rows.iter()
             .map(|r| {
-                let size: i64 = r.try_get("size")?;
                 Ok(PublicDownload {
                     organization: r.try_get("organization")?,
                     product: r.try_get("product")?,
                     version: r.try_get("version")?,
                     notes: r.try_get("notes")?,
-                    artifact: proto::Artifact {
-                        platform: r.try_get("platform")?,
-                        filename: r.try_get("filename")?,
-                        sha256: r.try_get("sha256")?,
-                        size: u64::try_from(size).map_err(|_| DbError::Corrupt("negative artifact size".into()))?,
-                        format: r.try_get("format")?,
-                    },
+                    artifact: super::artifact_from_row(r)?,
                 })
             })
             .collect()

@@ -25,7 +25,8 @@ impl ApprovedArtifact {
 }
 
 const ARTIFACT_SELECT: &str = "SELECT r.id AS release_id, p.name AS product, r.version, x.platform, x.filename, x.format, \
-     x.sha256, x.size FROM artifacts x JOIN releases r ON r.id = x.release_id JOIN products p ON p.id = r.product_id";
+     x.sha256, x.size, x.content_sha256, x.content_size FROM artifacts x JOIN releases r ON r.id = x.release_id \
+     JOIN products p ON p.id = r.product_id";
 
 impl Database {
     pub async fn organization_id(&self, name: &str) -> Result<Option<i64>> {

@@ -2,7 +2,8 @@
 
 use upkeep_protocol as proto;
 use upkeep_server::db::{
-    DEFAULT_ORGANIZATION_ID as ORG, Database, DbError, EventFilter, NewEvent, NewRelease, NewRollout, NewWorkstation,
+    DEFAULT_ORGANIZATION_ID as ORG, Database, DbError, DeltaClaim, EventFilter, NewDelta, NewEvent, NewRelease,
+    NewRollout, NewWorkstation, now_ms,
 };
 use upkeep_test_support::{Backend, TestDatabase};
 
@@ -29,6 +30,8 @@ fn artifact(sha: char) -> proto::Artifact {
         sha256: sha.to_string().repeat(64),
         size: 10,
         format: "tar.gz".into(),
+        content_sha256: Some(sha.to_string().repeat(64)),
+        content_size: Some(20),
     }
 }
 
@@ -506,8 +509,132 @@ async fn story(url: &str) {
         .await
         .expect("page");
     assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [all[1].id, all[2].id]);
+
+    deltas(&db, product_id).await;
     db.close().await;
     db2.close().await;
+}
+
+/// Patches between releases: a pair is claimed once (a stale claim is taken over), a ready patch
+/// is offered for its target version and served only where that release is approved.
+async fn deltas(db: &Database, product_id: i64) {
+    let target = db.release_id(product_id, "1.10.0").await.expect("id").expect("1.10.0");
+    let targets = db.delta_targets(target).await.expect("targets");
+    assert_eq!(targets.len(), 1, "one tar.gz artifact that knows its content");
+    let to = &targets[0];
+    let mut sources = db
+        .delta_sources(product_id, target, "linux-x86_64")
+        .await
+        .expect("sources");
+    sources.sort_by(|a, b| a.version.cmp(&b.version));
+    assert_eq!(
+        sources.iter().map(|s| s.version.as_str()).collect::<Vec<_>>(),
+        ["1.0.0", "1.2.0"]
+    );
+    assert!(
+        db.delta_sources(product_id, target, "windows-x86_64")
+            .await
+            .expect("other platform")
+            .is_empty()
+    );
+    let from = &sources[1];
+
+    let DeltaClaim::Claimed(id) = db.claim_delta(from, to, 0).await.expect("claim") else {
+        panic!("the first claim must land");
+    };
+    assert_eq!(
+        db.claim_delta(from, to, 0).await.expect("claim again"),
+        DeltaClaim::Taken
+    );
+    // A claim still building from before the cut-off belongs to a process that died.
+    assert_eq!(
+        db.claim_delta(from, to, now_ms() + 1_000).await.expect("take over"),
+        DeltaClaim::Claimed(id)
+    );
+    assert!(
+        db.delta_offers(ORG, "demo", "1.10.0").await.expect("offers").is_empty(),
+        "not ready yet"
+    );
+    assert_eq!(
+        db.stale_delta_targets(now_ms() + 1_000).await.expect("stale"),
+        [target],
+        "a server that starts later finds the interrupted build"
+    );
+    assert!(db.stale_delta_targets(0).await.expect("stale").is_empty());
+
+    let patch = "c".repeat(64);
+    let delta = NewDelta {
+        method: "bsdiff",
+        sha256: &patch,
+        size: 5,
+        build_ms: 1,
+        from,
+        to,
+    };
+    db.finish_delta(id, &delta).await.expect("finish");
+    assert!(
+        db.stale_delta_targets(now_ms() + 1_000)
+            .await
+            .expect("stale")
+            .is_empty()
+    );
+    assert_eq!(
+        db.claim_delta(from, to, now_ms() + 1_000)
+            .await
+            .expect("claim a ready pair"),
+        DeltaClaim::Taken,
+        "a ready patch is never rebuilt"
+    );
+    assert_eq!(
+        db.delta_offers(ORG, "demo", "1.10.0").await.expect("offers"),
+        [proto::DeltaOffer {
+            from_version: "1.2.0".into(),
+            platform: "linux-x86_64".into(),
+            sha256: patch.clone(),
+            size: 5,
+            method: "bsdiff".into(),
+        }]
+    );
+    assert!(
+        db.delta_offers(ORG + 1, "demo", "1.10.0")
+            .await
+            .expect("offers")
+            .is_empty()
+    );
+    assert!(
+        db.blob_referenced(&patch).await.expect("ref"),
+        "patch blobs are referenced"
+    );
+
+    assert_eq!(
+        db.delta_downloadable(ORG, &patch).await.expect("dl"),
+        None,
+        "1.10.0 is pending"
+    );
+    let event = NewEvent {
+        kind: "release.approved",
+        actor: "admin",
+        product: Some("demo"),
+        version: Some("1.10.0"),
+        ..NewEvent::default()
+    };
+    db.set_approval(ORG, target, proto::ApprovalState::Approved, None, &event)
+        .await
+        .expect("approve");
+    assert_eq!(db.delta_downloadable(ORG, &patch).await.expect("dl"), Some(5));
+    assert_eq!(db.delta_downloadable(ORG + 1, &patch).await.expect("dl"), None);
+
+    // A skipped pair is not offered, and not claimed again either.
+    let other = &sources[0];
+    let DeltaClaim::Claimed(skipped) = db.claim_delta(other, to, 0).await.expect("claim") else {
+        panic!("the first claim must land");
+    };
+    db.skip_delta(skipped, "skipped", "too large").await.expect("skip");
+    assert_eq!(
+        db.claim_delta(other, to, now_ms() + 1_000).await.expect("claim"),
+        DeltaClaim::Taken
+    );
+    assert_eq!(db.delta_offers(ORG, "demo", "1.10.0").await.expect("offers").len(), 1);
 }
 
 fn run(backend: Backend) {
