@@ -32,7 +32,8 @@ pub enum Approval {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Targets {
     pub all: bool,
-    pub workstations: Vec<String>,
+    /// A set: a rollout may name many thousands of workstations, and every check-in asks.
+    pub workstations: BTreeSet<String>,
     pub groups: Vec<String>,
 }
 
@@ -45,7 +46,7 @@ enum Match {
 
 impl Targets {
     fn matches(&self, workstation: &WorkstationView<'_>) -> Option<Match> {
-        if self.workstations.iter().any(|id| id == workstation.id) {
+        if self.workstations.contains(workstation.id) {
             Some(Match::Explicit)
         } else if self.all || self.groups.iter().any(|g| workstation.groups.contains(g)) {
             Some(Match::Broad)
@@ -56,7 +57,7 @@ impl Targets {
 
     /// Whether the rollout targets this workstation at all.
     pub fn includes(&self, id: &str, groups: &[String]) -> bool {
-        self.all || self.workstations.iter().any(|w| w == id) || self.groups.iter().any(|g| groups.contains(g))
+        self.all || self.workstations.contains(id) || self.groups.iter().any(|g| groups.contains(g))
     }
 }
 
@@ -428,7 +429,7 @@ mod tests {
         };
         let other = Targets {
             groups: vec!["office".into()],
-            workstations: vec!["ws2".into()],
+            workstations: BTreeSet::from(["ws2".into()]),
             ..Targets::default()
         };
         assert_eq!(
@@ -441,7 +442,7 @@ mod tests {
     #[test]
     fn newest_start_wins_then_explicit_then_id() {
         let explicit = Targets {
-            workstations: vec!["ws1".into()],
+            workstations: BTreeSet::from(["ws1".into()]),
             ..Targets::default()
         };
         let mut older = rollout(5, "2.0.0", Approval::Approved, explicit.clone());

@@ -176,7 +176,7 @@ pub fn to_proto(row: &RolloutRow) -> proto::Rollout {
 pub fn domain_targets(targets: &proto::RolloutTargets) -> Targets {
     Targets {
         all: targets.all,
-        workstations: targets.workstations.clone(),
+        workstations: targets.workstations.iter().cloned().collect(),
         groups: targets.groups.clone(),
     }
 }
