@@ -176,12 +176,16 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 /// An enrolled workstation, identified by its device token.
+/// Derefs to the check-in cache's entry (`workstation_id`, `organization_id`, `groups`, …).
 #[derive(Clone)]
-pub struct Device {
-    pub workstation_id: String,
-    pub organization_id: i64,
-    /// The check-in cache's entry for it.
-    pub cached: std::sync::Arc<crate::checkin_cache::CachedDevice>,
+pub struct Device(pub std::sync::Arc<crate::checkin_cache::CachedDevice>);
+
+impl std::ops::Deref for Device {
+    type Target = crate::checkin_cache::CachedDevice;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl FromRequestParts<AppState> for Device {
@@ -198,11 +202,7 @@ impl FromRequestParts<AppState> for Device {
             ApiError::unauthorized("unknown device token")
                 .with_hint("enroll this workstation again with `upkeep-agent enroll`")
         })?;
-        Ok(Device {
-            workstation_id: cached.workstation_id.clone(),
-            organization_id: cached.organization_id,
-            cached,
-        })
+        Ok(Device(cached))
     }
 }
 

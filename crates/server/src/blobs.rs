@@ -156,8 +156,7 @@ async fn read_local(root: &FsPath, sha256: &str, range: Option<GetRange>) -> Res
     };
     // Each chunk is read on the blocking pool straight into the buffer that goes to the socket
     // (one copy fewer than an async file reader), and no thread waits on a slow client.
-    let stream = futures::stream::try_unfold((Some(file), range.start, range.end), |(file, offset, end)| async move {
-        let Some(file) = file else { return Ok(None) };
+    let stream = futures::stream::try_unfold((file, range.start, range.end), |(file, offset, end)| async move {
         if offset >= end {
             return Ok(None);
         }
@@ -176,7 +175,7 @@ async fn read_local(root: &FsPath, sha256: &str, range: Option<GetRange>) -> Res
             return Err(BlobError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
         let next = offset + chunk.len() as u64;
-        Ok(Some((Bytes::from(chunk), (Some(file), next, end))))
+        Ok(Some((Bytes::from(chunk), (file, next, end))))
     })
     .boxed();
     Ok(BlobRead { range, total, stream })

@@ -42,6 +42,8 @@ pub struct CacheSettings {
     pub device_ttl: Duration,
     /// Most workstations kept; beyond it the device cache starts over.
     pub device_capacity: usize,
+    /// Whether offers list patches (`--delta-from-releases` above 0).
+    pub offer_deltas: bool,
 }
 
 impl Default for CacheSettings {
@@ -51,6 +53,7 @@ impl Default for CacheSettings {
             last_checkin_precision: Duration::from_secs(10),
             device_ttl: Duration::from_secs(600),
             device_capacity: 2_000_000,
+            offer_deltas: true,
         }
     }
 }
@@ -282,7 +285,7 @@ impl CheckinCache {
         // Read the generation first: whatever changes after this read bumps it again.
         let generation = db.checkin_generation().await?;
         self.generation.fetch_max(generation, Ordering::SeqCst);
-        let snapshot = Arc::new(build(db, organization_id, generation).await?);
+        let snapshot = Arc::new(build(db, organization_id, generation, self.settings.offer_deltas).await?);
         write(&self.organizations).insert(organization_id, snapshot.clone());
         Ok(snapshot)
     }
@@ -325,7 +328,7 @@ pub fn spawn_refresher(state: crate::AppState) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn build(db: &Database, organization_id: i64, generation: i64) -> Result<Snapshot, DbError> {
+async fn build(db: &Database, organization_id: i64, generation: i64, offer_deltas: bool) -> Result<Snapshot, DbError> {
     let rows = db.rollouts(organization_id, None, true).await?;
     let rollouts: Vec<RolloutView> = rows.iter().filter_map(rollouts::to_view).collect();
     let mut approvals: HashMap<String, HashMap<String, Approval>> = HashMap::new();
@@ -345,7 +348,11 @@ async fn build(db: &Database, organization_id: i64, generation: i64) -> Result<S
             continue;
         };
         let director_targets = director_targets(&manifest)?;
-        let deltas = db.delta_offers(organization_id, &rollout.product, &version).await?;
+        let deltas = if offer_deltas {
+            db.delta_offers(organization_id, &rollout.product, &version).await?
+        } else {
+            Vec::new()
+        };
         offers.entry(rollout.product.clone()).or_default().insert(
             version,
             Arc::new(ReleaseOffer {

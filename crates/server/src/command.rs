@@ -180,6 +180,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         checkin_cache: Arc::new(CheckinCache::new(CacheSettings {
             refresh: args.cache_refresh,
             last_checkin_precision: args.last_checkin_precision,
+            offer_deltas: args.delta_from_releases > 0,
             ..CacheSettings::default()
         })),
     };

@@ -174,7 +174,7 @@ async fn checkin(
 
     let now = db::now_ms();
     let cache = &state.checkin_cache;
-    cache.record_checkin(&state.db, &device.cached, &request, now).await?;
+    cache.record_checkin(&state.db, &device, &request, now).await?;
     let snapshot = cache.snapshot(&state.db, device.organization_id).await?;
     let approvals: BTreeMap<String, Approval> = request
         .installed
@@ -185,7 +185,7 @@ async fn checkin(
     // A rollout offering its update for the first time does so now (it is recorded below), so a
     // deadline counted from the first offer starts now. If another server process recorded an
     // earlier first offer meanwhile, the decision is taken again with the stored time.
-    let mut stored_first_offers = device.cached.first_offered();
+    let mut stored_first_offers = device.first_offered();
     let decisions = loop {
         let mut first_offered = stored_first_offers.clone();
         for r in &snapshot.rollouts {
@@ -193,7 +193,7 @@ async fn checkin(
         }
         let view = WorkstationView {
             id: &device.workstation_id,
-            groups: &device.cached.groups,
+            groups: &device.groups,
             installed: &installed,
             installed_approvals: &approvals,
             first_offered: &first_offered,
@@ -227,7 +227,7 @@ async fn checkin(
                 .await?;
         }
         let recorded = state.db.first_offers(&device.workstation_id).await?;
-        device.cached.set_first_offered(recorded.clone());
+        device.set_first_offered(recorded.clone());
         let same = recorded
             .iter()
             .all(|(id, at)| stored_first_offers.get(id).is_some_and(|t| t == at) || *at == now);
@@ -269,11 +269,7 @@ async fn checkin(
                     }),
                     manifest: offer.manifest.clone(),
                     mirrors: state.settings.mirrors.clone(),
-                    deltas: if state.settings.delta_from_releases == 0 {
-                        Vec::new()
-                    } else {
-                        offer.deltas.clone()
-                    },
+                    deltas: offer.deltas.clone(),
                 })
             }
             None => None,
@@ -296,7 +292,7 @@ async fn checkin(
     let counter = request.director_counter.saturating_add(1);
     let director = if director_targets.is_empty() {
         None
-    } else if let Some(kept) = device.cached.signed_director(counter, &director_targets, now) {
+    } else if let Some(kept) = device.signed_director(counter, &director_targets, now) {
         Some(kept.to_string())
     } else {
         let signed: Arc<str> = director_metadata(
@@ -309,9 +305,7 @@ async fn checkin(
         .await
         .map_err(|e| ApiError::Internal(format!("signing director metadata: {e}")))?
         .into();
-        device
-            .cached
-            .keep_director(counter, director_targets, now, signed.clone());
+        device.keep_director(counter, director_targets, now, signed.clone());
         Some(signed.to_string())
     };
     Ok(Json(proto::CheckinResponse {

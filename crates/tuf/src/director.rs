@@ -31,7 +31,8 @@ pub struct DirectorTargets {
     #[serde(rename = "_type")]
     pub kind: String,
     pub workstation_id: String,
-    /// Grows with every check-in; an agent refuses one below the highest it has seen.
+    /// One above the highest the agent reported accepting; an agent refuses one below the highest
+    /// it has seen, so an older answer cannot be replayed.
     pub counter: u64,
     pub expires: jiff::Timestamp,
     /// Flat target name → what the file must be.
