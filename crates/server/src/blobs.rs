@@ -58,6 +58,39 @@ pub struct BlobRead {
     pub range: Range<u64>,
     pub total: u64,
     pub stream: BoxStream<'static, Result<Bytes, BlobError>>,
+    /// The open file of a local blob, so the bytes can go to a socket without passing through
+    /// memory (see [`FileBody`]).
+    pub file: Option<Arc<std::fs::File>>,
+}
+
+/// A response extension saying "the body is exactly `range` of `file`". The server's own HTTP/1.1
+/// path (`crate::serve`) then sends it with `sendfile(2)` and never polls the body stream; any
+/// other path streams the body as usual, so both give the same bytes.
+#[derive(Clone)]
+pub struct FileBody {
+    pub file: Arc<std::fs::File>,
+    pub range: Range<u64>,
+}
+
+impl BlobRead {
+    /// The response `builder` describes, with this read as its body.
+    pub fn into_response(self, builder: axum::http::response::Builder) -> axum::http::Result<axum::response::Response> {
+        let file_body = self.file.map(|file| FileBody {
+            file,
+            range: self.range.clone(),
+        });
+        // Counted as it is polled: a body sent with `sendfile` never is.
+        let stream = self.stream.inspect(|chunk| {
+            if let Ok(chunk) = chunk {
+                crate::telemetry::file_bytes_sent(crate::telemetry::Sent::Copied, chunk.len() as u64);
+            }
+        });
+        let mut response = builder.body(axum::body::Body::from_stream(stream))?;
+        if let Some(file_body) = file_body {
+            response.extensions_mut().insert(file_body);
+        }
+        Ok(response)
+    }
 }
 
 impl BlobStore {
@@ -129,7 +162,12 @@ impl BlobStore {
         let range = result.range.clone();
         let total = result.meta.size;
         let stream = result.into_stream().map(|chunk| chunk.map_err(BlobError::from)).boxed();
-        Ok(BlobRead { range, total, stream })
+        Ok(BlobRead {
+            range,
+            total,
+            stream,
+            file: None,
+        })
     }
 }
 
@@ -154,9 +192,12 @@ async fn read_local(root: &FsPath, sha256: &str, range: Option<GetRange>) -> Res
         Some(GetRange::Offset(o)) => o.min(total)..total,
         Some(GetRange::Suffix(n)) => total.saturating_sub(n)..total,
     };
+    // The stream reads through its own handle (it seeks), the zero-copy path through `file` with
+    // explicit offsets; a response uses one or the other.
+    let reader = file.try_clone()?;
     // Each chunk is read on the blocking pool straight into the buffer that goes to the socket
     // (one copy fewer than an async file reader), and no thread waits on a slow client.
-    let stream = futures::stream::try_unfold((file, range.start, range.end), |(file, offset, end)| async move {
+    let stream = futures::stream::try_unfold((reader, range.start, range.end), |(file, offset, end)| async move {
         if offset >= end {
             return Ok(None);
         }
@@ -178,5 +219,10 @@ async fn read_local(root: &FsPath, sha256: &str, range: Option<GetRange>) -> Res
         Ok(Some((Bytes::from(chunk), (file, next, end))))
     })
     .boxed();
-    Ok(BlobRead { range, total, stream })
+    Ok(BlobRead {
+        range,
+        total,
+        stream,
+        file: Some(Arc::new(file)),
+    })
 }

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::Method;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -521,8 +520,7 @@ pub(crate) async fn send_artifact(
             ),
         );
     }
-    builder
-        .body(Body::from_stream(read.stream))
+    read.into_response(builder)
         .map_err(|e| ApiError::Internal(format!("building response: {e}")))
 }
 

@@ -24,7 +24,9 @@ pub mod manifest;
 pub mod notify;
 pub mod rollouts;
 pub mod routes;
+pub mod serve;
 pub mod signing;
+mod telemetry;
 pub mod tuf;
 
 use blobs::BlobStore;
@@ -74,6 +76,7 @@ impl Settings {
 }
 
 pub fn router(state: AppState) -> Router {
+    telemetry::install();
     routes::router(state.clone())
         .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -115,7 +118,5 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve::run(listener, router(state), shutdown).await
 }

@@ -164,7 +164,8 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
 fn register(table: &mut Table) {
     table
         .section("", Surface::Api)
-        .route(Method::GET, "/healthz", Access::Public, crate::healthz);
+        .route(Method::GET, "/healthz", Access::Public, crate::healthz)
+        .route(Method::GET, "/metrics", Access::Public, crate::telemetry::metrics);
     table.section("/api/v1/device", Surface::Api);
     crate::device_api::routes(table);
     table.section("/tuf", Surface::Api);

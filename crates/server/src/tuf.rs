@@ -658,9 +658,9 @@ async fn target_file(
         .find(|a| a.artifact.sha256 == sha256 && a.target_name() == name)
         .ok_or_else(|| not_found("target"))?;
     let read = state.blobs.read(&artifact.artifact.sha256, None).await?;
-    axum::response::Response::builder()
+    let builder = axum::response::Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
-        .header(axum::http::header::CONTENT_LENGTH, read.total)
-        .body(axum::body::Body::from_stream(read.stream))
+        .header(axum::http::header::CONTENT_LENGTH, read.total);
+    read.into_response(builder)
         .map_err(|e| crate::error::ApiError::Internal(format!("building response: {e}")))
 }

@@ -19,6 +19,7 @@ mod rollouts;
 mod scale_out;
 mod tidy;
 mod tuf;
+mod wire;
 
 /// Declares `NAME::sqlite` and `NAME::postgres` tests that run `fn NAME(&World)`, optionally
 /// with extra server flags.

@@ -1,0 +1,342 @@
+//! The server's HTTP/1.1 framing, driven over raw sockets: file downloads leave through
+//! `sendfile` whatever came before them on the connection, and every request the server's own
+//! path does not read (chunked bodies, `HEAD`, HTTP/1.0, ambiguous framing) is still answered, or
+//! refused, by hyper on the same connection.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use upkeep_test_support::{demo_archive, http_get};
+
+use crate::harness::World;
+use crate::on_each_backend;
+
+/// One HTTP/1.1 connection, read by hand so the test sees exactly what the server framed.
+struct Connection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+impl Connection {
+    fn open(addr: SocketAddr) -> Connection {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        Connection {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads more into the buffer; false at the end of the stream.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut chunk).expect("read");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill(), "connection ended {} bytes short", n - self.buf.len());
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    fn line(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.take(end + 2);
+                return String::from_utf8_lossy(&line[..end]).into_owned();
+            }
+            assert!(self.fill(), "connection ended inside a line");
+        }
+    }
+
+    /// Reads one answer; `head_request` says the body is not sent whatever the head says.
+    fn answer_to(&mut self, head_request: bool) -> Answer {
+        let mut head = String::new();
+        loop {
+            let line = self.line();
+            if line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+            head.push('\n');
+        }
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let mut answer = Answer {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        if head_request {
+            return answer;
+        }
+        if answer
+            .header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"))
+        {
+            loop {
+                let size = usize::from_str_radix(self.line().trim(), 16).expect("chunk size");
+                if size == 0 {
+                    assert_eq!(self.line(), "", "end of chunked body");
+                    break;
+                }
+                let chunk = self.take(size);
+                answer.body.extend_from_slice(&chunk);
+                assert_eq!(self.line(), "", "end of chunk");
+            }
+        } else {
+            let length = answer
+                .header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no length in {}", answer.head));
+            answer.body = self.take(length);
+        }
+        answer
+    }
+
+    fn answer(&mut self) -> Answer {
+        self.answer_to(false)
+    }
+
+    /// Whether the server closed the connection (after everything read so far).
+    fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill()
+    }
+}
+
+fn device_token(agent: &Path) -> String {
+    let enrollment: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.join("agent.json")).expect("agent.json")).expect("enrollment");
+    enrollment["device_token"].as_str().expect("device token").to_owned()
+}
+
+/// Bytes of stored files the server has sent so far with `sendfile` and by copying.
+fn file_bytes_sent(world: &World) -> (u64, u64) {
+    let (status, text) = http_get(world.server.addr, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "{text}");
+    let counter = |how: &str| {
+        let prefix = format!("upkeep_file_bytes_sent_total{{how=\"{how}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse::<f64>().expect("counter value") as u64)
+    };
+    (counter("sendfile"), counter("copied"))
+}
+
+/// Publishes demo 1.0.0 (about 2 MB) to everyone and enrolls an agent; returns the archive,
+/// its digest and the agent's state folder.
+fn published(world: &World) -> (Vec<u8>, String, std::path::PathBuf) {
+    world.upkeep_ok(&["product", "create", "demo"]);
+    let archive = demo_archive("1.0.0", 2 * 1024 * 1024);
+    let sha = hex::encode(Sha256::digest(&archive));
+    world.publish("demo", "1.0.0", &archive);
+    world.upkeep_ok(&["release", "approve", "demo", "1.0.0"]);
+    world.upkeep_ok(&["rollout", "create", "demo", "1.0.0", "--all"]);
+    let agent = world.enroll_agent("ws", &world.server.url);
+    (archive, sha, agent)
+}
+
+fn agent_update_downloads_without_copies(world: &World) {
+    let (archive, _, agent) = published(world);
+    let (sendfile_before, copied_before) = file_bytes_sent(world);
+    // The agent checks in and downloads over one kept-alive connection.
+    world.agent_ok(&agent, &["update"]);
+    assert_eq!(world.agent_ok(&agent, &["launch", "demo"]).trim(), "demo 1.0.0");
+    let (sendfile, copied) = file_bytes_sent(world);
+    assert!(
+        sendfile - sendfile_before >= archive.len() as u64,
+        "sendfile sent {} of the {} byte artifact",
+        sendfile - sendfile_before,
+        archive.len()
+    );
+    assert_eq!(copied, copied_before, "no file bytes were copied through memory");
+}
+on_each_backend!(agent_update_downloads_without_copies);
+
+fn one_connection_carries_check_ins_ranges_and_pipelined_downloads(world: &World) {
+    let (archive, sha, agent) = published(world);
+    let token = device_token(&agent);
+    let host = world.server.addr;
+    let artifact = format!("/api/v1/device/artifacts/{sha}");
+    let mut conn = Connection::open(host);
+
+    // A check-in with a JSON body, read by the server's own path.
+    let body = r#"{"hostname":"ws","os":"linux","arch":"x86_64","agent_version":"0.1.0","installed":[]}"#;
+    conn.send(
+        format!(
+            "POST /api/v1/device/checkin HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let checkin = conn.answer();
+    assert_eq!(checkin.status, 200, "{}", String::from_utf8_lossy(&checkin.body));
+    let instructions: serde_json::Value = serde_json::from_slice(&checkin.body).expect("check-in JSON");
+    assert!(
+        instructions.to_string().contains(&sha),
+        "the check-in offers the artifact: {instructions}"
+    );
+
+    // A range of the artifact on the same connection.
+    conn.send(
+        format!(
+            "GET {artifact} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nRange: bytes=100-1099\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let part = conn.answer();
+    assert_eq!(part.status, 206, "{}", part.head);
+    assert_eq!(
+        part.header("content-range").as_deref(),
+        Some(&*format!("bytes 100-1099/{}", archive.len()))
+    );
+    assert_eq!(part.body, archive[100..1100]);
+
+    // Two requests in one write: answered in order, each whole.
+    let (sendfile_before, _) = file_bytes_sent(world);
+    conn.send(
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n\
+             GET {artifact} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let health = conn.answer();
+    assert_eq!((health.status, health.body.as_slice()), (200, &b"ok\n"[..]));
+    let whole = conn.answer();
+    assert_eq!(whole.status, 200, "{}", whole.head);
+    assert_eq!(hex::encode(Sha256::digest(&whole.body)), sha);
+    let (sendfile, _) = file_bytes_sent(world);
+    assert!(
+        sendfile - sendfile_before >= archive.len() as u64,
+        "the whole artifact went out with sendfile"
+    );
+
+    // A refusal on this path is the API's error, and the connection stays usable.
+    conn.send(format!("GET {artifact} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer nope\r\n\r\n").as_bytes());
+    let refused = conn.answer();
+    assert_eq!(refused.status, 401, "{}", refused.head);
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("\"code\""),
+        "an error body with a code"
+    );
+
+    // `Connection: close` is honoured once the answer is out.
+    conn.send(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes());
+    let last = conn.answer();
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("connection").as_deref(), Some("close"));
+    assert!(conn.closed(), "the server closes after `Connection: close`");
+}
+on_each_backend!(one_connection_carries_check_ins_ranges_and_pipelined_downloads);
+
+fn requests_this_path_does_not_read_go_to_hyper(world: &World) {
+    let (archive, sha, agent) = published(world);
+    let token = device_token(&agent);
+    let host = world.server.addr;
+    let artifact = format!("/api/v1/device/artifacts/{sha}");
+
+    // HEAD: the length, no body; the connection goes on.
+    let mut conn = Connection::open(host);
+    conn.send(format!("HEAD {artifact} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes());
+    let head = conn.answer_to(true);
+    assert_eq!(head.status, 200, "{}", head.head);
+    assert_eq!(head.header("content-length"), Some(archive.len().to_string()));
+    conn.send(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    assert_eq!(
+        conn.answer().body,
+        b"ok\n",
+        "the next request is answered, so HEAD sent no body"
+    );
+
+    // A chunked check-in, then a download on the same connection: hyper reads both, and the
+    // artifact is copied through memory but arrives whole.
+    let (_, copied_before) = file_bytes_sent(world);
+    let mut conn = Connection::open(host);
+    let body = r#"{"hostname":"ws","os":"linux","arch":"x86_64","agent_version":"0.1.0","installed":[]}"#;
+    conn.send(
+        format!(
+            "POST /api/v1/device/checkin HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let checkin = conn.answer();
+    assert_eq!(checkin.status, 200, "{}", String::from_utf8_lossy(&checkin.body));
+    conn.send(format!("GET {artifact} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes());
+    let whole = conn.answer();
+    assert_eq!(whole.status, 200);
+    assert_eq!(hex::encode(Sha256::digest(&whole.body)), sha);
+    let (_, copied) = file_bytes_sent(world);
+    assert!(
+        copied - copied_before >= archive.len() as u64,
+        "hyper's answer is counted as copied"
+    );
+
+    // HTTP/1.0 is answered.
+    let mut conn = Connection::open(host);
+    conn.send(b"GET /healthz HTTP/1.0\r\n\r\n");
+    let old = conn.answer();
+    assert_eq!((old.status, old.body.as_slice()), (200, &b"ok\n"[..]));
+
+    // Both framings: chunked wins, as HTTP/1.1 says, and the connection is closed after the answer
+    // so nothing smuggled behind the body is read as a request.
+    let mut conn = Connection::open(host);
+    conn.send(
+        format!(
+            "POST /api/v1/device/checkin HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let answered = conn.answer();
+    assert_eq!(
+        answered.status, 401,
+        "the check-in without a token is refused: {}",
+        answered.head
+    );
+    assert_eq!(answered.header("connection").as_deref(), Some("close"));
+    assert!(conn.closed(), "the request behind it is not answered");
+
+    // A malformed head and conflicting lengths are refused, not guessed at.
+    for request in [
+        format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nNo colon here\r\n\r\n"),
+        format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+    ] {
+        let mut conn = Connection::open(host);
+        conn.send(request.as_bytes());
+        let refused = conn.answer();
+        assert_eq!(refused.status, 400, "{request:?} got {}", refused.head);
+    }
+}
+on_each_backend!(requests_this_path_does_not_read_go_to_hyper);
