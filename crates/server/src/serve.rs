@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -74,7 +74,7 @@ async fn connection(stream: TcpStream, service: Service, signal: watch::Sender<(
     #[cfg(target_os = "linux")]
     let (stream, read_ahead) = {
         let mut stream = stream;
-        let mut read_ahead = BytesMut::new();
+        let mut read_ahead = bytes::BytesMut::new();
         match http1::serve(&mut stream, &mut read_ahead, &service, &signal).await {
             http1::Next::Hyper => (stream, read_ahead.freeze()),
             http1::Next::Close => return,
