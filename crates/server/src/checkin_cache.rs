@@ -50,7 +50,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             refresh: Duration::from_millis(250),
-            last_checkin_precision: Duration::from_secs(10),
+            last_checkin_precision: Duration::from_secs(60),
             device_ttl: Duration::from_secs(600),
             device_capacity: 2_000_000,
             offer_deltas: true,

@@ -84,8 +84,9 @@ pub struct ServeArgs {
     #[arg(long, env = "UPKEEP_CACHE_REFRESH", default_value = "250ms", value_parser = parse_tick)]
     pub cache_refresh: std::time::Duration,
     /// A workstation's last check-in time is stored at most this often; a check-in that changes
-    /// nothing else writes nothing at once.
-    #[arg(long, env = "UPKEEP_LAST_CHECKIN_PRECISION", default_value = "10s", value_parser = parse_tick)]
+    /// nothing else writes nothing at once. The console shows check-in times to the minute, so a
+    /// minute loses nothing there and bounds the writes to one per workstation per minute.
+    #[arg(long, env = "UPKEEP_LAST_CHECKIN_PRECISION", default_value = "60s", value_parser = parse_tick)]
     pub last_checkin_precision: std::time::Duration,
     /// After each release upload, build binary patches to it from this many earlier releases of
     /// the same product and platform (tar.gz artifacts only), so agents download only what
