@@ -10,7 +10,7 @@ use rand::RngCore;
 use upkeep_test_support::{CuttingProxy, tar_gz};
 
 use crate::api::Api;
-use crate::harness::{World, wait_for};
+use crate::harness::{World, device_token, wait_for};
 use crate::on_each_backend;
 
 /// 2 MiB of random bytes that stay the same from one version to the next.
@@ -84,12 +84,6 @@ fn second_release_with_patch(world: &World, proxy: &CuttingProxy) -> (std::path:
         next.len()
     );
     (agent, next.len() as u64, built)
-}
-
-fn device_token(agent: &Path) -> String {
-    let enrollment: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(agent.join("agent.json")).expect("agent.json")).expect("enrollment");
-    enrollment["device_token"].as_str().expect("device token").to_owned()
 }
 
 /// GETs a device path with the agent's token; returns (status, body length).

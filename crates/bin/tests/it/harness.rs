@@ -206,6 +206,13 @@ impl World {
     }
 }
 
+/// The device token an enrolled agent keeps in its state folder.
+pub fn device_token(agent: &Path) -> String {
+    let enrollment: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.join("agent.json")).expect("agent.json")).expect("enrollment");
+    enrollment["device_token"].as_str().expect("device token").to_owned()
+}
+
 pub fn assert_success(out: &Output, what: &str) {
     assert!(
         out.status.success(),

@@ -509,7 +509,8 @@ on_each_backend!(maintenance_window_defers_the_install);
 
 #[test]
 fn daemon_installs_required_updates() {
-    let world = World::start(Backend::Sqlite, &[]).expect("sqlite");
+    // Check-in times stored to the second, so the test sees the daemon's next check-ins.
+    let world = World::start(Backend::Sqlite, &["--last-checkin-precision", "1s"]).expect("sqlite");
     releases(&world, &["1.0.0", "1.0.1"]);
     let agent = world.enroll_agent("ws", &world.server.url);
     rollout(&world, &["demo", "1.0.0", "--all", "--mandatory"]);

@@ -5,13 +5,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use upkeep_test_support::{demo_archive, http_get};
 
-use crate::harness::World;
+use crate::harness::{World, device_token};
 use crate::on_each_backend;
 
 /// One HTTP/1.1 connection, read by hand so the test sees exactly what the server framed.
@@ -132,11 +131,8 @@ impl Connection {
     }
 }
 
-fn device_token(agent: &Path) -> String {
-    let enrollment: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(agent.join("agent.json")).expect("agent.json")).expect("enrollment");
-    enrollment["device_token"].as_str().expect("device token").to_owned()
-}
+/// A check-in body with nothing installed.
+const CHECKIN: &str = r#"{"hostname":"ws","os":"linux","arch":"x86_64","agent_version":"0.1.0","installed":[]}"#;
 
 /// Bytes of stored files the server has sent so far with `sendfile` and by copying.
 fn file_bytes_sent(world: &World) -> (u64, u64) {
@@ -189,7 +185,7 @@ fn one_connection_carries_check_ins_ranges_and_pipelined_downloads(world: &World
     let mut conn = Connection::open(host);
 
     // A check-in with a JSON body, read by the server's own path.
-    let body = r#"{"hostname":"ws","os":"linux","arch":"x86_64","agent_version":"0.1.0","installed":[]}"#;
+    let body = CHECKIN;
     conn.send(
         format!(
             "POST /api/v1/device/checkin HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
@@ -282,7 +278,7 @@ fn requests_this_path_does_not_read_go_to_hyper(world: &World) {
     // artifact is copied through memory but arrives whole.
     let (_, copied_before) = file_bytes_sent(world);
     let mut conn = Connection::open(host);
-    let body = r#"{"hostname":"ws","os":"linux","arch":"x86_64","agent_version":"0.1.0","installed":[]}"#;
+    let body = CHECKIN;
     conn.send(
         format!(
             "POST /api/v1/device/checkin HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
