@@ -24,7 +24,7 @@ pub mod manifest;
 pub mod notify;
 pub mod rollouts;
 pub mod routes;
-pub mod serve;
+mod serve;
 pub mod signing;
 mod telemetry;
 pub mod tuf;

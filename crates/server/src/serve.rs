@@ -238,9 +238,13 @@ mod http1 {
                 return Err(Stop::Closed);
             }
         }
-        tokio::time::timeout(READ_TIMEOUT, read_rest(stream, buf))
-            .await
-            .unwrap_or(Err(Stop::Closed))
+        // Nearly always the whole request came with its first bytes: no timer is needed then.
+        match take_request(buf) {
+            Some(read) => read,
+            None => tokio::time::timeout(READ_TIMEOUT, read_rest(stream, buf))
+                .await
+                .unwrap_or(Err(Stop::Closed)),
+        }
     }
 
     async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
@@ -248,22 +252,28 @@ mod http1 {
         stream.read_buf(buf).await
     }
 
+    /// Reads until `buf` holds a whole request (or shows it is not one for this path).
     async fn read_rest(stream: &mut TcpStream, buf: &mut BytesMut) -> Read {
-        let head = loop {
-            match parse(buf) {
-                Err(Unparsed::Incomplete) if buf.len() >= MAX_HEAD => return Err(Stop::Other),
-                Err(Unparsed::Incomplete) => {}
-                Err(Unparsed::Other) => return Err(Stop::Other),
-                Ok(head) => break head,
-            }
+        loop {
             if !matches!(read_more(stream, buf).await, Ok(n) if n > 0) {
                 return Err(Stop::Closed);
             }
+            if let Some(read) = take_request(buf) {
+                return read;
+            }
+        }
+    }
+
+    /// Takes a whole request off the front of `buf`; `None` while more bytes are needed.
+    fn take_request(buf: &mut BytesMut) -> Option<Read> {
+        let head = match parse(buf) {
+            Err(Unparsed::Incomplete) if buf.len() >= MAX_HEAD => return Some(Err(Stop::Other)),
+            Err(Unparsed::Incomplete) => return None,
+            Err(Unparsed::Other) => return Some(Err(Stop::Other)),
+            Ok(head) => head,
         };
-        while buf.len() < head.length + head.body {
-            if !matches!(read_more(stream, buf).await, Ok(n) if n > 0) {
-                return Err(Stop::Closed);
-            }
+        if buf.len() < head.length + head.body {
+            return None;
         }
         buf.advance(head.length);
         let body = buf.split_to(head.body).freeze();
@@ -273,10 +283,12 @@ mod http1 {
             Body::from(body)
         };
         // The head was checked when parsed; a request that still fails to build is hyper's to refuse.
-        head.request
-            .body(body)
-            .map(|request| (request, head.close))
-            .map_err(|_| Stop::Other)
+        Some(
+            head.request
+                .body(body)
+                .map(|request| (request, head.close))
+                .map_err(|_| Stop::Other),
+        )
     }
 
     struct Head {

@@ -239,37 +239,144 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// A minimal HTTP/1.1 GET that keeps the body as bytes: (status, body). Understands bodies sent
 /// with `Content-Length`, chunked, or until the connection closes.
 pub fn http_get_bytes(addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let end = response.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&response[..end]).into_owned();
-    let body = &response[end + 4..];
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
-    });
-    if !chunked {
-        return Some((status, body.to_vec()));
+    let mut conn = HttpConnection::open(addr, Duration::from_secs(30)).ok()?;
+    conn.send(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let answer = conn.answer(false).ok()?;
+    Some((answer.status, answer.body))
+}
+
+/// One HTTP/1.1 client connection, read by hand so a test sees exactly how the server framed
+/// each answer (kept-alive, pipelined, closed).
+pub struct HttpConnection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One answer read from an [`HttpConnection`].
+pub struct HttpAnswer {
+    pub status: u16,
+    /// The status line and header lines, one per line.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
     }
-    let mut decoded = Vec::new();
-    let mut rest = body;
-    loop {
-        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Some((status, decoded));
+}
+
+fn short(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("connection ended {what}"))
+}
+
+impl HttpConnection {
+    pub fn open(addr: SocketAddr, read_timeout: Duration) -> std::io::Result<HttpConnection> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(read_timeout))?;
+        Ok(HttpConnection {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads more into the buffer; false at the end of the stream.
+    fn fill(&mut self) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    fn take(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill()? {
+                return Err(short(&format!("{} bytes short", n - self.buf.len())));
+            }
         }
-        decoded.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    fn line(&mut self) -> std::io::Result<String> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.take(end + 2)?;
+                return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
+            }
+            if !self.fill()? {
+                return Err(short("inside a line"));
+            }
+        }
+    }
+
+    /// Reads one answer; `to_head` says it answers a `HEAD`, so no body follows whatever the
+    /// head says. A body with neither length nor chunks runs to the end of the connection.
+    pub fn answer(&mut self, to_head: bool) -> std::io::Result<HttpAnswer> {
+        let mut head = String::new();
+        loop {
+            let line = self.line()?;
+            if line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+            head.push('\n');
+        }
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+        let mut answer = HttpAnswer {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        if to_head {
+            return Ok(answer);
+        }
+        if answer
+            .header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+        {
+            loop {
+                let size_line = self.line()?;
+                let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| std::io::Error::other(format!("bad chunk size {size_line:?}")))?;
+                if size == 0 {
+                    if !self.line()?.is_empty() {
+                        return Err(std::io::Error::other("something after the last chunk"));
+                    }
+                    break;
+                }
+                let chunk = self.take(size)?;
+                answer.body.extend_from_slice(&chunk);
+                if !self.line()?.is_empty() {
+                    return Err(std::io::Error::other("a chunk does not end where its size says"));
+                }
+            }
+        } else if let Some(length) = answer.header("content-length") {
+            let length = length
+                .parse()
+                .map_err(|_| std::io::Error::other(format!("bad length {length:?}")))?;
+            answer.body = self.take(length)?;
+        } else {
+            while self.fill()? {}
+            answer.body = std::mem::take(&mut self.buf);
+        }
+        Ok(answer)
+    }
+
+    /// Whether the server closed the connection (after everything read so far).
+    pub fn closed(&mut self) -> std::io::Result<bool> {
+        Ok(self.buf.is_empty() && !self.fill()?)
     }
 }
 

@@ -1,7 +1,8 @@
 //! `upkeep-server`: see `upkeep_server::command`.
 
-// A check-in allocates and frees many small values across threads; mimalloc does that in about
-// half the time of glibc's allocator (BENCHMARKS.md). The agent and CLI keep the system one.
+// A check-in allocates and frees many small values across threads: under check-in load glibc's
+// malloc and free took about 13% of the server's CPU, mimalloc's about 9% (perf). The agent and
+// CLI keep the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

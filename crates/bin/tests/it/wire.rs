@@ -3,131 +3,44 @@
 //! path does not read (chunked bodies, `HEAD`, HTTP/1.0, ambiguous framing) is still answered, or
 //! refused, by hyper on the same connection.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use upkeep_test_support::{demo_archive, http_get};
+use upkeep_test_support::{HttpAnswer, HttpConnection, demo_archive, http_get};
 
 use crate::harness::{World, device_token};
 use crate::on_each_backend;
 
-/// One HTTP/1.1 connection, read by hand so the test sees exactly what the server framed.
-struct Connection {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    }
-}
+/// An [`HttpConnection`] whose failures fail the test.
+struct Connection(HttpConnection);
 
 impl Connection {
     fn open(addr: SocketAddr) -> Connection {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-        Connection {
-            stream,
-            buf: Vec::new(),
-        }
+        Connection(HttpConnection::open(addr, Duration::from_secs(20)).expect("connect"))
     }
 
     fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
+        self.0.send(bytes).expect("send");
     }
 
-    /// Reads more into the buffer; false at the end of the stream.
-    fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 64 * 1024];
-        let n = self.stream.read(&mut chunk).expect("read");
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    fn take(&mut self, n: usize) -> Vec<u8> {
-        while self.buf.len() < n {
-            assert!(self.fill(), "connection ended {} bytes short", n - self.buf.len());
-        }
-        self.buf.drain(..n).collect()
-    }
-
-    fn line(&mut self) -> String {
-        loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = self.take(end + 2);
-                return String::from_utf8_lossy(&line[..end]).into_owned();
-            }
-            assert!(self.fill(), "connection ended inside a line");
-        }
-    }
-
-    /// Reads one answer; `head_request` says the body is not sent whatever the head says.
-    fn answer_to(&mut self, head_request: bool) -> Answer {
-        let mut head = String::new();
-        loop {
-            let line = self.line();
-            if line.is_empty() {
-                break;
-            }
-            head.push_str(&line);
-            head.push('\n');
-        }
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status");
-        let mut answer = Answer {
-            status,
-            head,
-            body: Vec::new(),
-        };
-        if head_request {
-            return answer;
-        }
-        if answer
-            .header("transfer-encoding")
-            .is_some_and(|v| v.contains("chunked"))
-        {
-            loop {
-                let size = usize::from_str_radix(self.line().trim(), 16).expect("chunk size");
-                if size == 0 {
-                    assert_eq!(self.line(), "", "end of chunked body");
-                    break;
-                }
-                let chunk = self.take(size);
-                answer.body.extend_from_slice(&chunk);
-                assert_eq!(self.line(), "", "end of chunk");
-            }
-        } else {
-            let length = answer
-                .header("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no length in {}", answer.head));
-            answer.body = self.take(length);
-        }
+    /// Every answer on a kept-alive connection must say where its body ends.
+    fn answer_to(&mut self, head_request: bool) -> HttpAnswer {
+        let answer = self.0.answer(head_request).expect("an answer");
+        let framed = answer.header("content-length").is_some()
+            || answer
+                .header("transfer-encoding")
+                .is_some_and(|v| v.contains("chunked"));
+        assert!(head_request || framed, "no length in {}", answer.head);
         answer
     }
 
-    fn answer(&mut self) -> Answer {
+    fn answer(&mut self) -> HttpAnswer {
         self.answer_to(false)
     }
 
-    /// Whether the server closed the connection (after everything read so far).
     fn closed(&mut self) -> bool {
-        self.buf.is_empty() && !self.fill()
+        self.0.closed().expect("read")
     }
 }
 
