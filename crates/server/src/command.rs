@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// changed. 0 turns delta updates off.
     #[arg(long, env = "UPKEEP_DELTA_FROM_RELEASES", default_value_t = 3)]
     pub delta_from_releases: usize,
+    /// How long a client may take to send a request's head (and a small body that comes with
+    /// it) before the connection is closed, so slow or stalled clients cannot hold connections.
+    #[arg(long, env = "UPKEEP_REQUEST_READ_TIMEOUT", default_value = "30s", value_parser = parse_tick)]
+    pub request_read_timeout: std::time::Duration,
 }
 
 /// Runs the program; returns the process exit code.
@@ -127,6 +131,9 @@ pub fn main() -> std::process::ExitCode {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.request_read_timeout.is_zero() {
+        anyhow::bail!("--request-read-timeout must be longer than 0s: every request would time out");
+    }
     std::fs::create_dir_all(&args.data).with_context(|| format!("creating data folder {}", args.data.display()))?;
     let url = match &args.database {
         Some(url) => url.clone(),
@@ -176,6 +183,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tuf_timestamp_lifetime: args.tuf_timestamp_lifetime,
             mirrors: args.mirrors.clone(),
             delta_from_releases: args.delta_from_releases,
+            request_read_timeout: args.request_read_timeout,
         }),
         director_keys: Arc::default(),
         checkin_cache: Arc::new(CheckinCache::new(CacheSettings {

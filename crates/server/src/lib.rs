@@ -62,6 +62,8 @@ pub struct Settings {
     pub mirrors: Vec<String>,
     /// Patches to each new `tar.gz` release are built from this many earlier releases (0: none).
     pub delta_from_releases: usize,
+    /// How long a client may take from a request's first byte to the end of its head.
+    pub request_read_timeout: std::time::Duration,
 }
 
 impl Settings {
@@ -118,5 +120,6 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve::run(listener, router(state), shutdown).await
+    let read_timeout = state.settings.request_read_timeout;
+    serve::run(listener, router(state), read_timeout, shutdown).await
 }

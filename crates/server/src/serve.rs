@@ -12,6 +12,8 @@
 //!   `DELETE` with no body or a small `Content-Length` one. The first request that is anything else
 //!   (chunked or large uploads, `HEAD`, upgrades, `Expect`, HTTP/1.0, HTTP/2, malformed heads) hands
 //!   the connection, with every byte already read, to hyper for the rest of its life.
+//! - No connection waits on a client without a clock: the read timeout bounds every request
+//!   head on both paths (and on this one a small body too), and idle connections are closed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::{Buf, Bytes};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,6 +33,7 @@ use tokio::sync::watch;
 pub async fn run(
     listener: TcpListener,
     app: Router,
+    read_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Connections watch `signal` to stop; the loop waits for every `done` receiver to go.
@@ -58,7 +61,7 @@ pub async fn run(
         let signal = signal.clone();
         let done_rx = done_rx.clone();
         tokio::spawn(async move {
-            connection(stream, service, signal).await;
+            connection(stream, service, signal, read_timeout).await;
             drop(done_rx);
         });
     }
@@ -70,21 +73,31 @@ pub async fn run(
 
 type Service = TowerToHyperService<Router>;
 
-async fn connection(stream: TcpStream, service: Service, signal: watch::Sender<()>) {
+/// The first bytes of every HTTP/2 connection with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn connection(mut stream: TcpStream, service: Service, signal: watch::Sender<()>, read_timeout: Duration) {
+    let mut read_ahead = bytes::BytesMut::new();
     #[cfg(target_os = "linux")]
-    let (stream, read_ahead) = {
-        let mut stream = stream;
-        let mut read_ahead = bytes::BytesMut::new();
-        match http1::serve(&mut stream, &mut read_ahead, &service, &signal).await {
-            http1::Next::Hyper => (stream, read_ahead.freeze()),
-            http1::Next::Close => return,
-        }
-    };
-    #[cfg(not(target_os = "linux"))]
-    let read_ahead = Bytes::new();
+    match http1::serve(&mut stream, &mut read_ahead, &service, &signal, read_timeout).await {
+        http1::Next::Hyper => {}
+        http1::Next::Close => return,
+    }
+    // hyper-util tells HTTP/1 from HTTP/2 by the first bytes with no clock of its own: a client
+    // that stopped partway through the HTTP/2 preface would hold the connection for good.
+    match tokio::time::timeout(read_timeout, until_version_known(&mut stream, &mut read_ahead)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) | Err(_) => return,
+    }
+    let read_ahead = read_ahead.freeze();
 
     let io = TokioIo::new(Rewind { read_ahead, stream });
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    // With a timer, hyper bounds each HTTP/1 request head (and the wait for the next one).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let stop = signal.closed();
@@ -104,6 +117,17 @@ async fn connection(stream: TcpStream, service: Service, signal: watch::Sender<(
             }
         }
     }
+}
+
+/// Reads until `buf` is no longer a beginning of the HTTP/2 preface, or holds all of it.
+async fn until_version_known(stream: &mut TcpStream, buf: &mut bytes::BytesMut) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
 }
 
 /// A socket that first gives back the bytes already read from it.
@@ -178,8 +202,6 @@ mod http1 {
     const MAX_INLINE_BODY: usize = 256 * 1024;
     /// How long a kept-alive connection may sit without starting a request.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
-    /// How long a client may take from a request's first byte to its last.
-    const READ_TIMEOUT: Duration = Duration::from_secs(30);
     /// Bytes per `sendfile` call. After each call the task yields, so the other connections on
     /// this worker (and the wake-ups that would move them to another) get their turn: one long
     /// call per free socket buffer held a worker for the whole file, and two downloads on one
@@ -203,9 +225,10 @@ mod http1 {
         buf: &mut BytesMut,
         service: &Service,
         signal: &watch::Sender<()>,
+        read_timeout: Duration,
     ) -> Next {
         loop {
-            let (request, mut close) = match read_request(stream, buf, signal).await {
+            let (request, mut close) = match read_request(stream, buf, signal, read_timeout).await {
                 Ok(read) => read,
                 Err(Stop::Other) => return Next::Hyper,
                 Err(Stop::Closed) => return Next::Close,
@@ -231,7 +254,13 @@ mod http1 {
         Closed,
     }
 
-    async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut, signal: &watch::Sender<()>) -> Read {
+    /// Reads the next request; from its first byte to its last the client has `read_timeout`.
+    async fn read_request(
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        signal: &watch::Sender<()>,
+        read_timeout: Duration,
+    ) -> Read {
         if buf.is_empty() {
             // Idle between requests: a shutdown or a quiet client ends the connection here.
             let first = tokio::select! {
@@ -245,7 +274,7 @@ mod http1 {
         // Nearly always the whole request came with its first bytes: no timer is needed then.
         match take_request(buf) {
             Some(read) => read,
-            None => tokio::time::timeout(READ_TIMEOUT, read_rest(stream, buf))
+            None => tokio::time::timeout(read_timeout, read_rest(stream, buf))
                 .await
                 .unwrap_or(Err(Stop::Closed)),
         }

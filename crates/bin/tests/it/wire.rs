@@ -249,3 +249,66 @@ fn requests_this_path_does_not_read_go_to_hyper(world: &World) {
     }
 }
 on_each_backend!(requests_this_path_does_not_read_go_to_hyper);
+
+/// A client that stops sending partway through a request is cut off after the read timeout on
+/// either path (and while the server waits to tell HTTP/1 from HTTP/2); a kept-alive connection
+/// that is merely idle is not, and a request that arrives in pieces within the timeout is answered.
+#[test]
+fn stalled_clients_are_cut_off() {
+    let world = World::start(upkeep_test_support::Backend::Sqlite, &["--request-read-timeout", "1s"])
+        .expect("SQLite is always available");
+    let host = world.server.addr;
+    let stalled = [
+        // This path's reads: a head without its end, and a body shorter than its length.
+        format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nAccept:"),
+        format!("POST /api/v1/device/checkin HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10\r\n\r\n{{"),
+        // hyper's: a HEAD request's head without its end, and the start of an HTTP/2 preface.
+        format!("HEAD /healthz HTTP/1.1\r\nHost: {host}\r\n"),
+        "PRI * HTTP/2.0\r\n".to_owned(),
+    ];
+    for request in &stalled {
+        let mut conn = Connection::open(host);
+        conn.send(request.as_bytes());
+        let sent = std::time::Instant::now();
+        let closed = conn.0.closed();
+        assert!(matches!(closed, Ok(true)), "{request:?} is cut off, not {closed:?}");
+        let after = sent.elapsed();
+        assert!(
+            after >= Duration::from_millis(900) && after < Duration::from_secs(8),
+            "{request:?} was cut off after {after:?}, not after about the 1 s read timeout"
+        );
+    }
+
+    // Idle longer than the read timeout between requests, and a request in two pieces.
+    let mut conn = Connection::open(host);
+    conn.send(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    assert_eq!(conn.answer().status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    conn.send(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n").as_bytes());
+    std::thread::sleep(Duration::from_millis(300));
+    conn.send(b"\r\n");
+    let answer = conn.answer();
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"ok\n"[..]));
+}
+
+#[test]
+fn a_zero_read_timeout_is_refused() {
+    let data = tempfile::tempdir().expect("temp dir");
+    for zero in ["0s", "0ms"] {
+        let out = std::process::Command::new(crate::harness::SERVER)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--request-read-timeout",
+                zero,
+                "--data",
+            ])
+            .arg(data.path())
+            .output()
+            .expect("run upkeep-server");
+        assert!(!out.status.success(), "{zero} is refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--request-read-timeout"), "{zero}: {stderr}");
+    }
+}
