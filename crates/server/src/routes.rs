@@ -131,8 +131,12 @@ impl Table {
             // a body that never reaches a multipart boundary from being buffered without end.
             let bound =
                 usize::try_from(state.settings.max_upload_bytes.saturating_add(4 * 1024 * 1024)).unwrap_or(usize::MAX);
+            // An upload takes as long as the network needs, but one that stops sending midway
+            // is given up after the read timeout of silence (the handler answers 408).
+            let idle = tower_http::timeout::RequestBodyTimeoutLayer::new(state.settings.request_read_timeout);
             method_router = method_router
                 .layer::<_, std::convert::Infallible>(tower_http::limit::RequestBodyLimitLayer::new(bound))
+                .layer::<_, std::convert::Infallible>(idle)
                 .layer(DefaultBodyLimit::disable());
         }
         if matches!(access, Access::SelfService | Access::Role(_)) {

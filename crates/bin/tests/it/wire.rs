@@ -251,8 +251,9 @@ fn requests_this_path_does_not_read_go_to_hyper(world: &World) {
 on_each_backend!(requests_this_path_does_not_read_go_to_hyper);
 
 /// A client that stops sending partway through a request is cut off after the read timeout on
-/// either path (and while the server waits to tell HTTP/1 from HTTP/2); a kept-alive connection
-/// that is merely idle is not, and a request that arrives in pieces within the timeout is answered.
+/// either path (and while the server waits to tell HTTP/1 from HTTP/2), and an upload that stops
+/// midway is refused; a kept-alive connection that is merely idle is not cut off, and a request
+/// that arrives in pieces within the timeout is answered.
 #[test]
 fn stalled_clients_are_cut_off() {
     let world = World::start(upkeep_test_support::Backend::Sqlite, &["--request-read-timeout", "1s"])
@@ -289,6 +290,37 @@ fn stalled_clients_are_cut_off() {
     conn.send(b"\r\n");
     let answer = conn.answer();
     assert_eq!((answer.status, answer.body.as_slice()), (200, &b"ok\n"[..]));
+
+    // An upload (hyper's: its body is large) that stops sending midway is answered 408 after
+    // the timeout of silence, and leaves no release and no staged file.
+    world.upkeep_ok(&["product", "create", "demo"]);
+    let token = crate::api::Api::login(&world).token;
+    let meta = r#"{"version":"1.0.0","platform":"linux-x86_64"}"#;
+    let head = format!(
+        "--b0undary\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n\
+         {meta}\r\n--b0undary\r\nContent-Disposition: form-data; name=\"artifact\"; filename=\"demo.tar.gz\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let mut conn = Connection::open(host);
+    conn.send(
+        format!(
+            "POST /api/v1/products/demo/releases HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: multipart/form-data; boundary=b0undary\r\nContent-Length: 4000000\r\n\r\n{head}"
+        )
+        .as_bytes(),
+    );
+    conn.send(&vec![0x55; 300 * 1024]);
+    let sent = std::time::Instant::now();
+    let refused = conn.answer();
+    let after = sent.elapsed();
+    assert_eq!(refused.status, 408, "{}", refused.head);
+    assert!(after >= Duration::from_millis(900), "answered after {after:?}");
+    let body: serde_json::Value = serde_json::from_slice(&refused.body).expect("JSON error");
+    assert_eq!(body["code"], "invalid_upload", "{body}");
+    let releases = world.upkeep_json(&["release", "list", "demo", "--json"]);
+    assert_eq!(releases.as_array().map(Vec::len), Some(0), "{releases}");
+    let staged = crate::harness::files_below(&world.server.data_dir.join("tmp"));
+    assert!(staged.is_empty(), "staged uploads left behind: {staged:?}");
 }
 
 #[test]
