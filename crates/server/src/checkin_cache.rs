@@ -308,6 +308,7 @@ impl CheckinCache {
     /// Reads the database's generation (picking up other processes' changes) and stores the
     /// collected check-in times.
     pub async fn refresh(&self, db: &Database) -> Result<(), DbError> {
+        crate::telemetry::checkin_cache(read(&self.devices).len(), lock(&self.seen).len());
         let generation = db.checkin_generation().await?;
         self.generation.fetch_max(generation, Ordering::SeqCst);
         self.flush(db).await

@@ -138,6 +138,23 @@ async fn checkin(
     device: Device,
     ApiJson(request): ApiJson<proto::CheckinRequest>,
 ) -> ApiResult<Json<proto::CheckinResponse>> {
+    let started = std::time::Instant::now();
+    let answer = answer_checkin(&state, &device, request).await;
+    let offers = answer.as_ref().ok().map(|a| {
+        a.instructions
+            .iter()
+            .filter(|i| i.update.is_some() && i.action != proto::Action::Blocked)
+            .count()
+    });
+    crate::telemetry::checkin(started.elapsed(), offers);
+    answer.map(Json)
+}
+
+async fn answer_checkin(
+    state: &AppState,
+    device: &Device,
+    request: proto::CheckinRequest,
+) -> ApiResult<proto::CheckinResponse> {
     check_text("hostname", &request.hostname)?;
     check_text("os", &request.os)?;
     check_text("arch", &request.arch)?;
@@ -173,7 +190,7 @@ async fn checkin(
 
     let now = db::now_ms();
     let cache = &state.checkin_cache;
-    cache.record_checkin(&state.db, &device, &request, now).await?;
+    cache.record_checkin(&state.db, device, &request, now).await?;
     let snapshot = cache.snapshot(&state.db, device.organization_id).await?;
     let approvals: BTreeMap<String, Approval> = request
         .installed
@@ -295,7 +312,7 @@ async fn checkin(
         Some(kept.to_string())
     } else {
         let signed: Arc<str> = director_metadata(
-            &state,
+            state,
             device.organization_id,
             &device.workstation_id,
             counter,
@@ -307,11 +324,11 @@ async fn checkin(
         device.keep_director(counter, director_targets, now, signed.clone());
         Some(signed.to_string())
     };
-    Ok(Json(proto::CheckinResponse {
+    Ok(proto::CheckinResponse {
         server_time: db::format_time(now),
         instructions,
         director,
-    }))
+    })
 }
 
 /// How long an agent may act on one check-in's director metadata.

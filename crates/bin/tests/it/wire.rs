@@ -9,7 +9,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use upkeep_test_support::{HttpAnswer, HttpConnection, demo_archive, http_get};
 
-use crate::harness::{World, device_token};
+use crate::harness::{World, device_token, wait_for};
 use crate::on_each_backend;
 
 /// An [`HttpConnection`] whose failures fail the test.
@@ -47,16 +47,35 @@ impl Connection {
 /// A check-in body with nothing installed.
 const CHECKIN: &str = r#"{"hostname":"ws","os":"linux","arch":"x86_64","agent_version":"0.1.0","installed":[]}"#;
 
-/// Bytes of stored files the server has sent so far with `sendfile` and by copying.
-fn file_bytes_sent(world: &World) -> (u64, u64) {
+/// A raw check-in request with `body`, as `token`'s workstation.
+fn checkin_request(host: SocketAddr, token: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST /api/v1/device/checkin HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The server's `/metrics` text.
+fn metrics(world: &World) -> String {
     let (status, text) = http_get(world.server.addr, "/metrics").expect("GET /metrics");
     assert_eq!(status, 200, "{text}");
-    let counter = |how: &str| {
-        let prefix = format!("upkeep_file_bytes_sent_total{{how=\"{how}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map_or(0, |v| v.trim().parse::<f64>().expect("counter value") as u64)
-    };
+    text
+}
+
+/// The value of one series (`name` or `name{labels}`) in `/metrics` text; 0 when absent.
+fn series(text: &str, name: &str) -> f64 {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.trim().parse::<f64>().expect("metric value"))
+}
+
+/// Bytes of stored files the server has sent so far with `sendfile` and by copying.
+fn file_bytes_sent(world: &World) -> (u64, u64) {
+    let text = metrics(world);
+    let counter = |how: &str| series(&text, &format!("upkeep_file_bytes_sent_total{{how=\"{how}\"}}")) as u64;
     (counter("sendfile"), counter("copied"))
 }
 
@@ -90,6 +109,38 @@ fn agent_update_downloads_without_copies(world: &World) {
 }
 on_each_backend!(agent_update_downloads_without_copies);
 
+/// `/metrics` counts check-ins answered and refused, the offers made, how long answers took, and
+/// what the check-in cache holds.
+fn metrics_count_check_ins(world: &World) {
+    let (_, _, agent) = published(world);
+    world.agent_ok(&agent, &["update"]);
+    let token = device_token(&agent);
+    let host = world.server.addr;
+    let mut conn = Connection::open(host);
+    let refused = r#"{"hostname":"","os":"linux","arch":"x86_64","agent_version":"0.1.0","installed":[]}"#;
+    for body in [CHECKIN, refused] {
+        conn.send(&checkin_request(host, &token, body));
+        conn.answer();
+    }
+    let text = wait_for("the check-in cache gauges", 10, || {
+        let text = metrics(world);
+        (series(&text, "upkeep_cached_workstations") >= 1.0).then_some(text)
+    });
+    let answered = series(&text, "upkeep_checkins_total{outcome=\"answered\"}");
+    let refused = series(&text, "upkeep_checkins_total{outcome=\"refused\"}");
+    assert!(answered >= 2.0, "the agent's check-in and the raw one: {text}");
+    assert_eq!(refused, 1.0, "the check-in with an empty hostname: {text}");
+    assert!(
+        series(&text, "upkeep_update_offers_total") >= 1.0,
+        "demo 1.0.0 was offered: {text}"
+    );
+    let timed = series(&text, "upkeep_checkin_duration_seconds_count");
+    assert_eq!(timed, answered + refused, "every check-in is timed: {text}");
+    let within_a_second = series(&text, "upkeep_checkin_duration_seconds_bucket{le=\"1\"}");
+    assert_eq!(within_a_second, timed, "bucketed, each under a second here: {text}");
+}
+on_each_backend!(metrics_count_check_ins);
+
 fn one_connection_carries_check_ins_ranges_and_pipelined_downloads(world: &World) {
     let (archive, sha, agent) = published(world);
     let token = device_token(&agent);
@@ -98,15 +149,7 @@ fn one_connection_carries_check_ins_ranges_and_pipelined_downloads(world: &World
     let mut conn = Connection::open(host);
 
     // A check-in with a JSON body, read by the server's own path.
-    let body = CHECKIN;
-    conn.send(
-        format!(
-            "POST /api/v1/device/checkin HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    conn.send(&checkin_request(host, &token, CHECKIN));
     let checkin = conn.answer();
     assert_eq!(checkin.status, 200, "{}", String::from_utf8_lossy(&checkin.body));
     let instructions: serde_json::Value = serde_json::from_slice(&checkin.body).expect("check-in JSON");
