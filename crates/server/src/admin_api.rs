@@ -355,18 +355,16 @@ async fn list_releases(
 }
 
 fn upload_error(err: axum::extract::multipart::MultipartError) -> ApiError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-    while let Some(e) = cause {
-        if e.is::<tower_http::timeout::TimeoutError>() {
-            return ApiError::client(
-                StatusCode::REQUEST_TIMEOUT,
-                codes::INVALID_UPLOAD,
-                None,
-                "the upload stopped sending before its end",
-            )
-            .with_hint("check the network and upload again");
-        }
-        cause = e.source();
+    let stalled = std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| e.source())
+        .any(|e| e.is::<tower_http::timeout::TimeoutError>());
+    if stalled {
+        return ApiError::client(
+            StatusCode::REQUEST_TIMEOUT,
+            codes::INVALID_UPLOAD,
+            None,
+            "the upload stopped sending before its end",
+        )
+        .with_hint("check the network and upload again");
     }
     // Anything else that breaks the body stream (a client cut off midway) is the request's fault.
     let status = match err.status() {

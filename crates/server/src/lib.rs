@@ -62,7 +62,8 @@ pub struct Settings {
     pub mirrors: Vec<String>,
     /// Patches to each new `tar.gz` release are built from this many earlier releases (0: none).
     pub delta_from_releases: usize,
-    /// How long a client may take from a request's first byte to the end of its head.
+    /// How long a client may take from a request's first byte to the end of its head, and how
+    /// long an upload may go silent midway.
     pub request_read_timeout: std::time::Duration,
 }
 

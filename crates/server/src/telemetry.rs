@@ -1,6 +1,6 @@
 //! Prometheus metrics at `/metrics`: counters, gauges and a histogram kept with the `metrics`
-//! crate and rendered by its Prometheus exporter. They count what this process did since it started; with several server
-//! processes, each is scraped on its own.
+//! crate and rendered by its Prometheus exporter. They count what this process did since it
+//! started; with several server processes, each is scraped on its own.
 
 use std::sync::OnceLock;
 use std::time::Duration;

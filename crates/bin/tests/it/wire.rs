@@ -118,9 +118,9 @@ fn metrics_count_check_ins(world: &World) {
     let host = world.server.addr;
     let mut conn = Connection::open(host);
     let refused = r#"{"hostname":"","os":"linux","arch":"x86_64","agent_version":"0.1.0","installed":[]}"#;
-    for body in [CHECKIN, refused] {
+    for (body, status) in [(CHECKIN, 200), (refused, 400)] {
         conn.send(&checkin_request(host, &token, body));
-        conn.answer();
+        assert_eq!(conn.answer().status, status, "{body}");
     }
     let text = wait_for("the check-in cache gauges", 10, || {
         let text = metrics(world);
